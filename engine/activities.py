@@ -1,0 +1,236 @@
+"""Activity workers: run the registered handlers for the task queues they serve
+and report each result with one atomic script (result command XADDed to the
+task's reply_to inbox, task acknowledged and deleted).
+
+    @engine.activity("planning-system")                 # every step of a service
+    async def plan(task): ...
+    @engine.activity("planning-system", step="task_preparation")   # wins for that step
+    def prepare(task): ...
+
+A handler gets an ``engine.Task`` and returns a JSON-able value (its step's
+output). Raising fails the attempt: retryable, unless it raises
+``engine.StepError(msg, retryable=False)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import time
+from typing import Any, Awaitable, Callable, Union
+
+import orjson
+import redis.asyncio as aioredis
+
+from .codec import decode_task_entry
+from .config import Settings
+from .consumer import Entry, GroupReader
+from .errors import PoisonMessage, StoreUnavailable
+from .keys import ACTIVITY_GROUP, Keys
+from .model import Task
+from .store import Store
+
+log = logging.getLogger("foldflow.activities")
+
+Handler = Callable[[Task], Union[Any, Awaitable[Any]]]
+
+
+class StepError(Exception):
+    """Raise from a handler to fail the attempt; retryable=False stops retries."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._handlers: dict[tuple[str, str | None], Handler] = {}
+
+    def register(self, service: str, step: str | None, fn: Handler) -> None:
+        key = (service, step)
+        if key in self._handlers and self._handlers[key] is not fn:
+            where = f"step {step!r} of " if step else ""
+            raise ValueError(f"a handler for {where}service {service!r} is already registered")
+        self._handlers[key] = fn
+
+    def handler_for(self, service: str, step: str) -> Handler | None:
+        return self._handlers.get((service, step)) or self._handlers.get((service, None))
+
+    @property
+    def services(self) -> list[str]:
+        return sorted({service for service, _ in self._handlers})
+
+    def clear(self) -> None:
+        self._handlers.clear()
+
+
+# The decorator needs a place to put handlers at import time; the activity
+# worker takes a Registry explicitly and defaults to this one.
+default_registry = Registry()
+
+
+def activity(service: str, step: str | None = None, *, registry: Registry | None = None) -> Callable[[Handler], Handler]:
+    def decorate(fn: Handler) -> Handler:
+        (registry or default_registry).register(service, step, fn)
+        return fn
+
+    return decorate
+
+
+def import_handlers(module: str) -> None:
+    """Import the module whose decorators register the handlers."""
+    importlib.import_module(module)
+
+
+class ActivityWorker:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, registry: Registry | None = None,
+                 services: list[str] | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.registry = registry or default_registry
+        self.keys = Keys(settings.prefix, settings.partitions)
+        self.store = Store(redis, self.keys)
+        self.consumer = settings.consumer_name()
+        self.services = services or self.registry.services
+        if not self.services:
+            raise ValueError("no activity handlers registered: nothing to serve")
+        streams = [self.keys.tasks(p, q) for q in self.services for p in range(self.keys.partitions)]
+        self.reader = GroupReader(redis, ACTIVITY_GROUP, self.consumer, streams)
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._running: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self.completed = 0
+        self.failed = 0
+        self.stale = 0
+
+    async def prepare(self) -> None:
+        await self.store.check_meta()
+        await self.store.load_scripts()
+        for stream in self.reader.streams:
+            await self.store.ensure_group(stream, ACTIVITY_GROUP)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self.prepare()
+        backoff = 0.05
+        last_reclaim = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    free = max(1, self._free_slots())
+                    entries = await self.reader.read(min(free, self.settings.batch_size), self.settings.block_ms)
+                    if loop.time() - last_reclaim > max(0.2, min(self.settings.task_claim_idle_ms, 20_000) / 2000):
+                        last_reclaim = loop.time()
+                        entries += [e for e, _ in await self.reader.reclaim(self.settings.task_claim_idle_ms)]
+                    for entry in entries:
+                        await self._slots.acquire()
+                        task = asyncio.create_task(self._run_one(entry))
+                        self._running.add(task)
+                        task.add_done_callback(self._running.discard)
+                    backoff = 0.05
+                except StoreUnavailable as exc:
+                    log.warning("activities: redis unavailable, retrying in %.2fs: %s", backoff, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            # Drain: let running handlers report; what is not reported stays
+            # pending and is redelivered after the claim idle time.
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _free_slots(self) -> int:
+        return self.settings.concurrency - len(self._running)
+
+    async def _run_one(self, entry: Entry) -> None:
+        stream, entry_id, fields = entry
+        try:
+            try:
+                task = decode_task_entry(entry_id, stream, fields)
+            except PoisonMessage as exc:
+                await self._dead_letter(entry, str(exc))
+                return
+            command, data = await self.execute(task)
+            await self.report(task, command, data)
+        except StoreUnavailable as exc:
+            log.warning("could not report task %s (it stays pending): %s", entry_id, exc)
+        except Exception:  # noqa: BLE001 - one task never takes the worker down
+            log.exception("task %s failed outside its handler", entry_id)
+        finally:
+            self._slots.release()
+
+    async def execute(self, task: Task) -> tuple[str, dict[str, Any]]:
+        """Run the handler; the result command's type and data."""
+        base = {"step": task.step, "attempt": task.attempt, "task_id": task.task_id}
+        handler = self.registry.handler_for(task.service, task.step)
+        if handler is None:
+            error = {"message": f"no handler for service {task.service!r} step {task.step!r}", "retryable": False,
+                     "kind": "handler"}
+            return "step.failed", {**base, "error": error}
+        started = time.perf_counter()
+        try:
+            if inspect.iscoroutinefunction(handler):
+                result = await handler(task)
+            else:
+                result = await asyncio.to_thread(handler, task)
+                if inspect.isawaitable(result):
+                    result = await result
+        except StepError as exc:
+            return "step.failed", {**base, "error": {"message": exc.message, "retryable": exc.retryable,
+                                                     "kind": "handler", "type": "StepError"}}
+        except Exception as exc:  # noqa: BLE001 - a handler's failure is the step's failure
+            return "step.failed", {**base, "error": {"message": str(exc) or type(exc).__name__, "retryable": True,
+                                                     "kind": "handler", "type": type(exc).__name__}}
+        finally:
+            log.debug("task %s ran in %.3fs", task.task_id, time.perf_counter() - started)
+        return "step.completed", {**base, "output": {} if result is None else result}
+
+    async def report(self, task: Task, command: str, data: dict[str, Any]) -> None:
+        try:
+            body = orjson.dumps(data)
+        except TypeError as exc:
+            body = orjson.dumps({**{k: data[k] for k in ("step", "attempt", "task_id")}, "error": {
+                "message": f"handler returned a value that is not JSON: {exc}", "retryable": False, "kind": "handler"}})
+            command = "step.failed"
+        if len(body) > self.settings.max_payload_bytes:
+            body = orjson.dumps({**{k: data[k] for k in ("step", "attempt", "task_id")}, "error": {
+                "message": f"result is {len(body)} bytes, over the limit of {self.settings.max_payload_bytes}",
+                "retryable": False, "kind": "handler"}})
+            command = "step.failed"
+        if task.kind == "notification":
+            # A notification's outcome is not a step result: acknowledge only.
+            await self._ack(task)
+            return
+        result = await self.store.run(
+            "complete_task", [task.queue_key, task.reply_to],
+            [ACTIVITY_GROUP, self.consumer, task.entry_id, command, task.instance_id, body, f"res:{task.task_id}"],
+        )
+        if isinstance(result, int) and result < 0:
+            self.stale += 1
+            log.warning("task %s was reclaimed by another worker; this late result is dropped", task.task_id)
+        elif command == "step.completed":
+            self.completed += 1
+        else:
+            self.failed += 1
+
+    async def _ack(self, task: Task) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(task.queue_key, ACTIVITY_GROUP, task.entry_id)
+        pipe.xdel(task.queue_key, task.entry_id)
+        await pipe.execute()
+        self.completed += 1
+
+    async def _dead_letter(self, entry: Entry, reason: str) -> None:
+        stream, entry_id, fields = entry
+        p = int(stream[len(self.keys.prefix) + 2: stream.index("}")])
+        await self.store.dead_letter_many(
+            [(stream, self.keys.dlq(p), ACTIVITY_GROUP, entry_id, reason, fields, 1)], self.consumer,
+            time.time_ns() // 1_000_000,
+        )
+        log.warning("dead-lettered task %s: %s", entry_id, reason)

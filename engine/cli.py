@@ -1,0 +1,269 @@
+"""The `foldflow` command line. Output is JSON; errors are one clear line on
+stderr and a non-zero exit (2: the input is wrong, 1: not found or failed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any, Awaitable, Callable
+
+import orjson
+from redis.exceptions import RedisError
+
+from .config import Settings, from_env
+from .definition import DefinitionError, load_definition_file
+from .errors import ConfigError, DefinitionConflict, EngineError, InvalidInput, NotFound, StoreUnavailable
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+
+
+def _load_json_arg(text: str, what: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k, None) for k in ("partitions", "prefix", "batch_size", "consumer", "concurrency")}
+    return from_env(**overrides)
+
+
+async def _with_client(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) -> int:
+    from .client import Client
+
+    settings = _settings(args)
+    client = Client.from_url(settings.redis_url, settings)
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+
+
+# -- verbs ------------------------------------------------------------------
+async def cmd_register(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        with open(args.file, "rb") as fh:
+            raw = fh.read()
+        fmt = "yaml" if args.file.endswith((".yaml", ".yml")) else None
+        definition, created = await client.register(raw, fmt=fmt, name=args.name, version=args.version)
+        print(_json({"name": definition.name, "version": definition.version, "steps": len(definition.steps),
+                     "created": created}))
+        return 0
+
+    # Validate before touching Redis: a bad file gets every problem even with no Redis at hand.
+    load_definition_file(args.file, name=args.name, version=args.version)
+    return await _with_client(args, go)
+
+
+async def cmd_validate(args: argparse.Namespace) -> int:
+    definition = load_definition_file(args.file, name=args.name, version=args.version)
+    print(_json({"name": definition.name, "version": definition.version, "valid": True,
+                 "steps": [s.name for s in definition.steps]}))
+    return 0
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    context = _load_json_arg(args.context, "--context")
+    if not isinstance(context, dict):
+        raise InvalidInput("--context must be a JSON object")
+
+    async def go(client: Any) -> int:
+        iid = await client.start(args.workflow, context, version=args.version,
+                                 correlation_id=args.correlation_id, instance_id=args.id)
+        print(iid)
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        print(_json(await client.status(args.id)))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        print(_json(await client.history(args.id)))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_control(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        method = getattr(client, args.verb)
+        kwargs = {"reason": args.reason} if args.verb in ("cancel", "pause") and args.reason else {}
+        entry = await method(args.id, **kwargs)
+        print(_json({"id": args.id, "command": args.verb, "entry_id": entry}))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_publish(args: argparse.Namespace) -> int:
+    data = _load_json_arg(args.data, "--data")
+    if not isinstance(data, dict):
+        raise InvalidInput("--data must be a JSON object")
+
+    async def go(client: Any) -> int:
+        entry = await client.publish(args.type, data, correlation_id=args.correlation_id)
+        print(_json({"type": args.type, "entry_id": entry}))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def _serve(make: Callable[[Any, Settings], Any], args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    settings = _settings(args)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    runner = make(client, settings)
+    loop = asyncio.get_running_loop()
+    signals = {"n": 0}
+
+    def on_signal() -> None:
+        signals["n"] += 1
+        if signals["n"] > 1:
+            os._exit(130)  # a second signal: leave now; unacked work is redelivered
+        runner.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await runner.run()
+    finally:
+        await client.aclose()
+    return 0
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import EngineWorker
+
+    return await _serve(lambda r, s: EngineWorker(r, s), args)
+
+
+async def cmd_activities(args: argparse.Namespace) -> int:
+    from .activities import ActivityWorker, import_handlers
+
+    sys.path.insert(0, os.getcwd())
+    for module in args.module:
+        import_handlers(module)
+    return await _serve(lambda r, s: ActivityWorker(r, s, services=args.service or None), args)
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return await run_demo(instances=args.instances, url=os.environ.get("REDIS_URL"), verbose=not args.quiet)
+
+
+# -- parser -----------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="foldflow", description="Durable workflows on Redis Streams.")
+    p.add_argument("--log-level", default=os.environ.get("FOLDFLOW_LOG_LEVEL", "INFO"))
+    p.add_argument("--prefix", help="key prefix (FOLDFLOW_PREFIX, default ff)")
+    p.add_argument("--partitions", type=int, help="partition count (FOLDFLOW_PARTITIONS, default 8)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("definitions", help="register or validate workflow definitions")
+    dsub = d.add_subparsers(dest="dcmd", required=True)
+    for name, fn in (("register", cmd_register), ("validate", cmd_validate)):
+        x = dsub.add_parser(name)
+        x.add_argument("file")
+        x.add_argument("--name", help="name for a bare definition")
+        x.add_argument("--version", help="version for a bare definition")
+        x.set_defaults(fn=fn)
+
+    x = sub.add_parser("start", help="start an instance; prints its id")
+    x.add_argument("workflow")
+    x.add_argument("--context", default="{}")
+    x.add_argument("--version")
+    x.add_argument("--correlation-id")
+    x.add_argument("--id")
+    x.set_defaults(fn=cmd_start)
+
+    for name, fn in (("status", cmd_status), ("history", cmd_history)):
+        x = sub.add_parser(name)
+        x.add_argument("id")
+        x.set_defaults(fn=fn)
+
+    for verb in ("cancel", "pause", "resume", "retry"):
+        x = sub.add_parser(verb, help=f"{verb} an instance")
+        x.add_argument("id")
+        if verb in ("cancel", "pause"):
+            x.add_argument("--reason")
+        x.set_defaults(fn=cmd_control, verb=verb)
+
+    e = sub.add_parser("events", help="external events")
+    esub = e.add_subparsers(dest="ecmd", required=True)
+    x = esub.add_parser("publish")
+    x.add_argument("type")
+    x.add_argument("--data", default="{}")
+    x.add_argument("--correlation-id")
+    x.set_defaults(fn=cmd_publish)
+
+    x = sub.add_parser("worker", help="run an engine worker")
+    x.add_argument("--batch-size", type=int)
+    x.add_argument("--consumer")
+    x.set_defaults(fn=cmd_worker)
+
+    x = sub.add_parser("activities", help="run an activity worker")
+    x.add_argument("--module", action="append", required=True, help="module whose @activity handlers to serve")
+    x.add_argument("--service", action="append", help="serve only these services")
+    x.add_argument("--concurrency", type=int)
+    x.add_argument("--consumer")
+    x.set_defaults(fn=cmd_activities)
+
+    x = sub.add_parser("demo", help="run the agent-task-execution demo (embedded Redis when REDIS_URL is unset)")
+    x.add_argument("--instances", type=int, default=5)
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        runner = asyncio.run
+    try:
+        return int(runner(args.fn(args)))
+    except DefinitionError as exc:
+        print(f"foldflow: invalid definition ({len(exc.problems)} problems):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem.path}: {problem.message}", file=sys.stderr)
+        return 2
+    except (InvalidInput, ConfigError, DefinitionConflict) as exc:
+        print(f"foldflow: {exc}", file=sys.stderr)
+        return 2
+    except NotFound as exc:
+        print(f"foldflow: not found: {exc}", file=sys.stderr)
+        return 1
+    except (StoreUnavailable, EngineError, OSError) as exc:
+        print(f"foldflow: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        print(f"foldflow: Redis error ({from_env().redis_url}): {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The Python API for services: register definitions, start instances, send
+commands, publish events, and read an instance's status and history.
+
+Everything it writes is an XADD of a command or event as streams.md describes,
+so a service in any other language can do the same with redis-cli.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any, Mapping
+
+import orjson
+import redis.asyncio as aioredis
+
+from .catalog import Catalog
+from .codec import command_fields
+from .config import Settings
+from .definition import Definition
+from .errors import InvalidInput, UnknownInstance, UnknownWorkflow
+from .evolve import fold_stored
+from .keys import INSTANCE_ID_RE, Keys
+from .model import INITIAL, STATUS_NONE, TERMINAL, State, encode
+from .store import Store, event_type
+
+FINAL_STATUSES = frozenset(TERMINAL | {"failed"})
+
+
+class Client:
+    def __init__(self, redis: aioredis.Redis, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.redis = redis
+        self.keys = Keys(self.settings.prefix, self.settings.partitions)
+        self.store = Store(redis, self.keys)
+        self.catalog = Catalog(self.store)
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings | None = None) -> "Client":
+        return cls(aioredis.Redis.from_url(url), settings)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- definitions ---------------------------------------------------------
+    async def register(
+        self, source: str | bytes | Mapping[str, Any], *, fmt: str | None = None,
+        name: str | None = None, version: str | None = None,
+    ) -> tuple[Definition, bool]:
+        """Validate and store a definition (DefinitionError lists every problem; nothing stored)."""
+        return await self.catalog.register(source, fmt=fmt, name=name, version=version)
+
+    async def definition(self, name: str, version: str | None = None) -> Definition:
+        found = await self.catalog.get(name, version)
+        if found is None:
+            which = f"version {version!r}" if version else "any version"
+            raise UnknownWorkflow(f"workflow {name!r} is not registered ({which})")
+        return found
+
+    # -- commands --------------------------------------------------------------
+    async def start(
+        self, workflow: str, context: Mapping[str, Any] | None = None, *, version: str | None = None,
+        correlation_id: str | None = None, instance_id: str | None = None,
+    ) -> str:
+        """Start an instance; returns its id. The version is pinned here (latest unless given)."""
+        definition = await self.definition(workflow, version)
+        iid = instance_id or uuid.uuid4().hex
+        data: dict[str, Any] = {"workflow": workflow, "version": definition.version, "context": dict(context or {})}
+        if correlation_id:
+            data["correlation_id"] = correlation_id
+        await self.send("start", iid, data, cmd_id=f"start:{iid}")
+        return iid
+
+    async def cancel(self, instance_id: str, reason: str | None = None, *, cmd_id: str | None = None) -> str:
+        return await self._control("cancel", instance_id, {"reason": reason} if reason else {}, cmd_id)
+
+    async def pause(self, instance_id: str, reason: str | None = None, *, cmd_id: str | None = None) -> str:
+        return await self._control("pause", instance_id, {"reason": reason} if reason else {}, cmd_id)
+
+    async def resume(self, instance_id: str, *, cmd_id: str | None = None) -> str:
+        return await self._control("resume", instance_id, {}, cmd_id)
+
+    async def retry(self, instance_id: str, *, cmd_id: str | None = None) -> str:
+        return await self._control("retry", instance_id, {}, cmd_id)
+
+    async def _control(self, type_: str, instance_id: str, data: dict[str, Any], cmd_id: str | None) -> str:
+        if (await self.state(instance_id)).status == STATUS_NONE:
+            raise UnknownInstance(f"no instance {instance_id!r}")
+        return await self.send(type_, instance_id, data, cmd_id=cmd_id or f"{type_}:{uuid.uuid4().hex}")
+
+    async def send(self, type_: str, instance_id: str, data: Mapping[str, Any], *, cmd_id: str | None = None) -> str:
+        """XADD one command to the instance's partition inbox; returns the entry id."""
+        _check_id(instance_id)
+        fields = command_fields(type_, instance_id, dict(data), cmd_id)
+        if len(fields["data"]) > self.settings.max_payload_bytes:
+            raise InvalidInput(
+                f"{type_} data is {len(fields['data'])} bytes, over the limit of {self.settings.max_payload_bytes}"
+            )
+        entry = await self.redis.xadd(self.keys.inbox(self.keys.partition(instance_id)), fields)  # type: ignore[arg-type]
+        return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    async def publish(self, type_: str, data: Mapping[str, Any], *, correlation_id: str | None = None) -> str:
+        """XADD an external event to the events stream; returns its entry id."""
+        if not type_:
+            raise InvalidInput("an event needs a type")
+        body = orjson.dumps(dict(data))
+        if len(body) > self.settings.max_payload_bytes:
+            raise InvalidInput(f"event data is {len(body)} bytes, over the limit of {self.settings.max_payload_bytes}")
+        fields: dict[str, Any] = {"type": type_, "data": body}
+        if correlation_id:
+            fields["correlation_id"] = correlation_id
+        entry = await self.redis.xadd(self.keys.events, fields)
+        return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    # -- reads -------------------------------------------------------------------
+    async def state(self, instance_id: str) -> State:
+        _check_id(instance_id)
+        events = await self.store.read_events(instance_id)
+        return fold_stored(INITIAL, ((e, ts) for _, e, ts in events))
+
+    async def history(self, instance_id: str) -> list[dict[str, Any]]:
+        _check_id(instance_id)
+        events = await self.store.read_events(instance_id)
+        if not events:
+            raise UnknownInstance(f"no instance {instance_id!r}")
+        out = []
+        for i, (entry_id, event, ts) in enumerate(events, 1):
+            data = orjson.loads(encode(event))
+            data.pop("type", None)
+            out.append({"version": i, "type": event_type(event), "ts": ts, "entry_id": entry_id, "data": data})
+        return out
+
+    async def status(self, instance_id: str) -> dict[str, Any]:
+        state = await self.state(instance_id)
+        if state.status == STATUS_NONE:
+            raise UnknownInstance(f"no instance {instance_id!r}")
+        assert state.workflow is not None
+        definition = await self.catalog.get(state.workflow, state.def_version)
+        names = [s.name for s in definition.steps] if definition else list(state.steps)
+        return status_view(state, names)
+
+    async def wait(self, instance_id: str, timeout: float = 30.0, statuses: frozenset[str] = FINAL_STATUSES) -> State:
+        """Until the instance reaches one of statuses; blocks on its stream, not a poll loop."""
+        deadline = time.monotonic() + timeout
+        key = self.keys.instance(instance_id)
+        last = "0-0"
+        state = INITIAL
+        while True:
+            entries = await self.redis.xrange(key, min=f"({last}" if last != "0-0" else "-", max="+")
+            if entries:
+                from .store import _decode_stored
+
+                stored = [_decode_stored(instance_id, eid, f) for eid, f in entries]
+                state = fold_stored(state, ((e, ts) for _, e, ts in stored))
+                last = stored[-1][0]
+            if state.status in statuses:
+                return state
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError(f"instance {instance_id!r} is {state.status} after {timeout}s")
+            await self.redis.xread({key: last}, block=max(1, int(min(remaining, 1.0) * 1000)))
+
+
+def status_view(state: State, step_names: list[str]) -> dict[str, Any]:
+    steps = {}
+    for name in step_names + [n for n in state.steps if n not in step_names]:
+        st = state.step(name)
+        item: dict[str, Any] = {"status": st.status, "attempt": st.attempt, "output": st.output}
+        if st.error is not None:
+            item["error"] = orjson.loads(encode(st.error))
+        if st.retry_at is not None:
+            item["retry_at"] = st.retry_at
+        if st.wait is not None:
+            item["waiting_for"] = {"event_type": st.wait.event_type, "filter": st.wait.filter}
+        steps[name] = item
+    return {
+        "id": state.id,
+        "workflow": state.workflow,
+        "version": state.def_version,
+        "status": state.status,
+        "correlation_id": state.correlation_id,
+        "context": state.context,
+        "steps": steps,
+        "output": state.output,
+        "error": orjson.loads(encode(state.error)) if state.error else None,
+        "failed_step": state.failed_step,
+        "created_ms": state.created_ms,
+        "updated_ms": state.updated_ms,
+        "finished_ms": state.finished_ms,
+        "events": state.version,
+    }
+
+
+def _check_id(instance_id: str) -> None:
+    if not INSTANCE_ID_RE.match(instance_id):
+        raise InvalidInput(f"invalid instance id {instance_id!r}: 1-200 of A-Z a-z 0-9 _ . : @ + - (starting alphanumeric)")

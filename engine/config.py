@@ -1,0 +1,97 @@
+"""Settings: one frozen Struct, built at the edge (env and flags) and passed down."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Mapping
+
+import msgspec
+
+from .errors import ConfigError
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """FOLDFLOW_REDIS_URL or REDIS_URL: the Redis every role talks to."""
+    prefix: str = "ff"
+    """FOLDFLOW_PREFIX: first part of every key; one deployment per prefix."""
+    partitions: int = 8
+    """FOLDFLOW_PARTITIONS: fixed per deployment, recorded in <prefix>:meta."""
+    consumer: str = ""
+    """FOLDFLOW_CONSUMER: this worker's consumer name (default host-pid-random)."""
+    batch_size: int = 256
+    """FOLDFLOW_BATCH_SIZE: most inbox entries read per XREADGROUP."""
+    block_ms: int = 1_000
+    """FOLDFLOW_BLOCK_MS: how long XREADGROUP waits; kept below the socket timeout."""
+    claim_idle_ms: int = 30_000
+    """FOLDFLOW_CLAIM_IDLE_MS: a pending entry idle this long belongs to a dead worker."""
+    task_claim_idle_ms: int = 300_000
+    """FOLDFLOW_TASK_CLAIM_IDLE_MS: the same for tasks (a handler may run this long)."""
+    max_deliveries: int = 5
+    """FOLDFLOW_MAX_DELIVERIES: an entry delivered more often is dead-lettered."""
+    cache_size: int = 10_000
+    """FOLDFLOW_CACHE_SIZE: instance states kept in a worker's memory."""
+    timer_poll_ms: int = 100
+    """FOLDFLOW_TIMER_POLL_MS: how often due timers are moved to the inboxes."""
+    max_payload_bytes: int = 1_048_576
+    """FOLDFLOW_MAX_PAYLOAD_BYTES: largest command data, task result or event accepted."""
+    concurrency: int = 64
+    """FOLDFLOW_CONCURRENCY: activity handlers running at once in one process."""
+
+    def consumer_name(self) -> str:
+        return self.consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+_ENV = {
+    "prefix": "FOLDFLOW_PREFIX",
+    "partitions": "FOLDFLOW_PARTITIONS",
+    "consumer": "FOLDFLOW_CONSUMER",
+    "batch_size": "FOLDFLOW_BATCH_SIZE",
+    "block_ms": "FOLDFLOW_BLOCK_MS",
+    "claim_idle_ms": "FOLDFLOW_CLAIM_IDLE_MS",
+    "task_claim_idle_ms": "FOLDFLOW_TASK_CLAIM_IDLE_MS",
+    "max_deliveries": "FOLDFLOW_MAX_DELIVERIES",
+    "cache_size": "FOLDFLOW_CACHE_SIZE",
+    "timer_poll_ms": "FOLDFLOW_TIMER_POLL_MS",
+    "max_payload_bytes": "FOLDFLOW_MAX_PAYLOAD_BYTES",
+    "concurrency": "FOLDFLOW_CONCURRENCY",
+}
+
+
+def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from the environment, then overrides; every problem reported at once."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    problems: list[str] = []
+    url = env.get("FOLDFLOW_REDIS_URL") or env.get("REDIS_URL")
+    if url:
+        values["redis_url"] = url
+    defaults = Settings()
+    for field, var in _ENV.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        if isinstance(getattr(defaults, field), int):
+            try:
+                values[field] = int(raw)
+            except ValueError:
+                problems.append(f"{var}={raw!r}: expected an integer")
+        else:
+            values[field] = raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for field in ("partitions", "batch_size", "max_deliveries", "cache_size", "concurrency", "max_payload_bytes"):
+        v = values.get(field, getattr(defaults, field))
+        if not isinstance(v, int) or v < 1:
+            problems.append(f"{_ENV[field]}: must be a positive integer, got {v!r}")
+    for field in ("block_ms", "claim_idle_ms", "task_claim_idle_ms", "timer_poll_ms"):
+        v = values.get(field, getattr(defaults, field))
+        if not isinstance(v, int) or v < 0:
+            problems.append(f"{_ENV[field]}: must be a non-negative integer, got {v!r}")
+    prefix = values.get("prefix", defaults.prefix)
+    if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{} \n"):
+        problems.append(f"FOLDFLOW_PREFIX: must be non-empty without braces or spaces, got {prefix!r}")
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    return msgspec.convert(values, Settings)

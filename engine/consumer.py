@@ -1,0 +1,95 @@
+"""Consumer-group plumbing shared by the engine, router and activity workers:
+blocking batched reads over many streams, and reclaiming what dead consumers
+left pending (XAUTOCLAIM with its cursor carried between calls)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import StoreUnavailable
+
+# One entry as read: (stream key, entry id, fields).
+Entry = tuple[str, str, dict[bytes, bytes]]
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class GroupReader:
+    """Reads one consumer group over a fixed set of streams."""
+
+    def __init__(self, redis: aioredis.Redis, group: str, consumer: str, streams: Sequence[str]) -> None:
+        self.redis = redis
+        self.group = group
+        self.consumer = consumer
+        self.streams = list(streams)
+        # XAUTOCLAIM scans at most COUNT*10 pending entries per call: the
+        # cursor must be carried, or entries past the first window starve.
+        self._cursors = {s: "0-0" for s in self.streams}
+
+    async def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        try:
+            reply = await self.redis.xreadgroup(
+                self.group, self.consumer, {s: ">" for s in self.streams}, count=count, block=block_ms
+            )
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                raise StoreUnavailable(f"consumer group {self.group} is missing: {exc}") from exc
+            raise
+        return _entries(reply)
+
+    async def reclaim(self, min_idle_ms: int, count: int = 100) -> list[tuple[Entry, int]]:
+        """Claim entries idle longer than min_idle_ms; each with its delivery count."""
+        out: list[tuple[Entry, int]] = []
+        for stream in self.streams:
+            try:
+                reply = await self.redis.xautoclaim(
+                    stream, self.group, self.consumer, min_idle_ms, self._cursors[stream], count=count
+                )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    continue
+                raise
+            except _TRANSIENT as exc:
+                raise StoreUnavailable(f"redis unavailable reclaiming {stream}: {exc}") from exc
+            self._cursors[stream] = _s(reply[0])
+            claimed = [(stream, _s(eid), fields) for eid, fields in reply[1] if fields is not None]
+            if not claimed:
+                continue
+            counts = await self.delivery_counts(stream, [e[1] for e in claimed])
+            out += [(e, counts.get(e[1], 1)) for e in claimed]
+        return out
+
+    async def delivery_counts(self, stream: str, ids: list[str]) -> dict[str, int]:
+        rows = await self.redis.xpending_range(
+            stream, self.group, min=min(ids, key=_id_key), max=max(ids, key=_id_key),
+            count=len(ids) * 2 + 10, consumername=self.consumer,
+        )
+        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _entries(reply: Any) -> list[Entry]:
+    out: list[Entry] = []
+    if not reply:
+        return out
+    items = reply.items() if isinstance(reply, dict) else reply
+    for stream, entries in items:
+        if entries and isinstance(entries[0], list) and len(entries) == 1 and isinstance(entries[0][0], list):
+            entries = entries[0]  # RESP3 nests once more
+        name = _s(stream)
+        out += [(name, _s(eid), fields) for eid, fields in entries if fields is not None]
+    return out

@@ -1,0 +1,125 @@
+"""The embedded default: a real redis-server on a free loopback port when one
+is installed, otherwise an in-process fake. Used by the demo and the tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any, Callable
+
+import redis
+import redis.asyncio as aioredis
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A throwaway redis-server process on loopback (nothing kept on disk by default)."""
+
+    def __init__(self, port: int | None = None, *extra: str, binary: str | None = None) -> None:
+        self.binary = binary or shutil.which("redis-server") or ""
+        if not self.binary:
+            raise FileNotFoundError("redis-server is not on PATH")
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.dir = tempfile.mkdtemp(prefix="foldflow-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> "RedisServer":
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self.dir, "--protected-mode", "yes", *self.extra]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {err}")
+                try:
+                    if client.ping():
+                        return self
+                except redis.exceptions.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"redis-server did not answer on port {self.port}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Backend:
+    """Where a process-local run talks to: a URL (real Redis) or a shared fake server."""
+
+    def __init__(self, kind: str, url: str | None = None, fake_server: Any = None,
+                 server: RedisServer | None = None) -> None:
+        self.kind = kind
+        self.url = url
+        self._fake_server = fake_server
+        self._server = server
+
+    def client(self) -> aioredis.Redis:
+        if self._fake_server is not None:
+            import fakeredis
+
+            return fakeredis.FakeAsyncRedis(server=self._fake_server)
+        assert self.url is not None
+        return aioredis.Redis.from_url(self.url)
+
+    def describe(self) -> str:
+        if self.kind == "url":
+            return f"Redis at {self.url}"
+        if self.kind == "embedded":
+            return f"embedded redis-server on {self.url} (stopped at exit)"
+        return "in-process fake Redis (no redis-server installed)"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+
+def open_backend(url: str | None = None, prefer: str | None = None) -> Backend:
+    """REDIS_URL when given; else a redis-server we start; else the in-process fake.
+
+    FOLDFLOW_EMBEDDED=fake forces the fake (to try the no-Redis path on a machine that has one).
+    """
+    if url:
+        return Backend("url", url=url)
+    prefer = prefer or os.environ.get("FOLDFLOW_EMBEDDED", "")
+    if prefer != "fake" and shutil.which("redis-server"):
+        server = RedisServer().start()
+        return Backend("embedded", url=server.url, server=server)
+    import fakeredis
+
+    return Backend("fake", fake_server=fakeredis.FakeServer())
+
+
+ClientFactory = Callable[[], aioredis.Redis]

@@ -1,0 +1,39 @@
+"""One exception tree, sorted by who must act."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error foldflow raises on purpose."""
+
+
+class ConfigError(EngineError):
+    """The deployment is misconfigured (partition mismatch, bad setting): fix and restart."""
+
+
+class StoreUnavailable(EngineError):
+    """Redis did not answer: transient, back off and try again."""
+
+
+class PoisonMessage(EngineError):
+    """An entry that can never be processed: dead-letter it with this reason, never retry."""
+
+
+class NotFound(EngineError):
+    """The caller asked for an instance or definition that does not exist."""
+
+
+class UnknownWorkflow(NotFound):
+    pass
+
+
+class UnknownInstance(NotFound):
+    pass
+
+
+class DefinitionConflict(EngineError):
+    """The same (name, version) is already stored with a different body."""
+
+
+class InvalidInput(EngineError):
+    """A caller's argument is malformed (instance id, JSON, payload too large)."""

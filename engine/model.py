@@ -1,0 +1,347 @@
+"""Wire messages and instance state, as msgspec Structs.
+
+A tag is a storage contract: new fields get defaults; a field is never renamed
+or retyped (streams.md lists every one). Commands arrive as entries with the
+fields ``type``, ``id``, ``data`` and optional ``cmd_id``; ``data`` decodes into
+the command class that ``type`` names. Events are stored with their ``type`` as
+an entry field *and* inside ``data``, so ``data`` alone is self-describing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import msgspec
+
+JSON = Any
+
+
+class _Wire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+# --------------------------------------------------------------------------
+# Commands (the inbox)
+# --------------------------------------------------------------------------
+class Command(_Wire, tag_field="type"):
+    pass
+
+
+class StartWorkflow(Command, kw_only=True, tag="start"):
+    workflow: str
+    version: str | None = None
+    context: dict[str, JSON] = {}
+    correlation_id: str | None = None
+
+
+class StepError(_Wire):
+    message: str
+    retryable: bool = True
+    kind: str | None = None  # "timeout", "template", "handler", ...
+    type: str | None = None  # exception class name, when a handler raised
+
+
+class CompleteStep(Command, kw_only=True, tag="step.completed"):
+    step: str
+    attempt: int
+    task_id: str | None = None
+    output: JSON = None
+
+
+class FailStep(Command, kw_only=True, tag="step.failed"):
+    step: str
+    attempt: int
+    error: StepError
+    task_id: str | None = None
+
+
+class CancelWorkflow(Command, kw_only=True, tag="cancel"):
+    reason: str | None = None
+
+
+class PauseWorkflow(Command, kw_only=True, tag="pause"):
+    reason: str | None = None
+
+
+class ResumeWorkflow(Command, kw_only=True, tag="resume"):
+    pass
+
+
+class RetryWorkflow(Command, kw_only=True, tag="retry"):
+    """Run a failed instance again: every failed step gets a fresh attempt budget."""
+
+
+class DeliverEvent(Command, kw_only=True, tag="event"):
+    """An external event routed to a waiting step (written by the router)."""
+
+    step: str
+    attempt: int
+    event_type: str
+    event_id: str
+    data: dict[str, JSON] = {}
+    correlation_id: str | None = None
+
+
+class FireTimer(Command, kw_only=True, tag="timer"):
+    """A durable timer that came due (moved from the timer set by a script)."""
+
+    kind: str  # "retry" | "timeout"
+    step: str
+    attempt: int
+
+
+AnyCommand = Union[
+    StartWorkflow,
+    CompleteStep,
+    FailStep,
+    CancelWorkflow,
+    PauseWorkflow,
+    ResumeWorkflow,
+    RetryWorkflow,
+    DeliverEvent,
+    FireTimer,
+]
+
+COMMAND_TYPES: dict[str, type[Command]] = {
+    c.__struct_config__.tag: c for c in AnyCommand.__args__  # type: ignore[attr-defined, misc]
+}
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """A decoded inbox entry: who it is for, how to recognise a repeat, what it says."""
+
+    instance_id: str
+    entry_id: str
+    command: AnyCommand
+    cmd_id: str | None = None  # the sender's idempotency key, when given
+
+    @property
+    def key(self) -> str:
+        return self.cmd_id or self.entry_id
+
+
+# --------------------------------------------------------------------------
+# Events (instance streams and the partition feeds)
+# --------------------------------------------------------------------------
+class Event(_Wire, tag_field="type"):
+    # The sender's cmd_id that caused this event, recorded so a resent command
+    # with the same cmd_id is recognised after a reload.
+    cmd: str | None = None
+
+
+class WorkflowCreated(Event, kw_only=True, tag="workflow.created"):
+    instance_id: str
+    workflow: str
+    version: str
+    context: dict[str, JSON] = {}
+    correlation_id: str | None = None
+
+
+class WorkflowStarted(Event, kw_only=True, tag="workflow.started"):
+    pass
+
+
+class StepScheduled(Event, kw_only=True, tag="workflow.step_scheduled"):
+    step: str
+    attempt: int
+    task_id: str
+    queue: str
+    endpoint: str | None = None
+    input: JSON = None
+    timeout_at: int | None = None
+
+
+class StepWaiting(Event, kw_only=True, tag="workflow.step_waiting"):
+    step: str
+    attempt: int
+    event_type: str
+    filter: dict[str, JSON] = {}
+    timeout_at: int | None = None
+
+
+class StepCompleted(Event, kw_only=True, tag="workflow.step_completed"):
+    step: str
+    attempt: int
+    output: JSON = None
+    event_id: str | None = None  # for an event wait: the ff:events entry that satisfied it
+
+
+class StepFailed(Event, kw_only=True, tag="workflow.step_failed"):
+    step: str
+    attempt: int
+    error: StepError
+    retry_at: int | None = None  # set when another attempt is scheduled
+    handler_retry: bool = False  # that attempt comes from an error handler's retry budget
+    continued: bool = False  # final, but the error handler lets the workflow go on
+
+
+class NotificationScheduled(Event, kw_only=True, tag="workflow.notification_scheduled"):
+    step: str
+    attempt: int
+    task_id: str
+    queue: str
+    endpoint: str | None = None
+    input: JSON = None
+
+
+class WorkflowPaused(Event, kw_only=True, tag="workflow.paused"):
+    reason: str | None = None
+
+
+class WorkflowResumed(Event, kw_only=True, tag="workflow.resumed"):
+    pass
+
+
+class WorkflowRetried(Event, kw_only=True, tag="workflow.retried"):
+    steps: list[str] = []
+
+
+class WorkflowCompleted(Event, kw_only=True, tag="workflow.completed"):
+    output: JSON = None
+
+
+class WorkflowFailed(Event, kw_only=True, tag="workflow.failed"):
+    step: str | None = None
+    error: StepError | None = None
+
+
+class WorkflowCancelled(Event, kw_only=True, tag="workflow.cancelled"):
+    reason: str | None = None
+
+
+class CommandRejected(Event, kw_only=True, tag="workflow.command_rejected"):
+    command: str
+    reason: str
+    command_id: str | None = None
+
+
+AnyEvent = Union[
+    WorkflowCreated,
+    WorkflowStarted,
+    StepScheduled,
+    StepWaiting,
+    StepCompleted,
+    StepFailed,
+    NotificationScheduled,
+    WorkflowPaused,
+    WorkflowResumed,
+    WorkflowRetried,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowCancelled,
+    CommandRejected,
+]
+
+EVENT_TYPES: tuple[str, ...] = tuple(
+    e.__struct_config__.tag for e in AnyEvent.__args__  # type: ignore[attr-defined, misc]
+)
+
+
+# --------------------------------------------------------------------------
+# Tasks (what an activity worker receives)
+# --------------------------------------------------------------------------
+class TaskData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    service: str
+    endpoint: str | None = None
+    input: JSON = None
+    context: dict[str, JSON] = {}
+    workflow: str | None = None
+    correlation_id: str | None = None
+    kind: str = "step"  # "step" | "notification"
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """What a handler receives: the entry fields plus the decoded data."""
+
+    task_id: str
+    instance_id: str
+    step: str
+    attempt: int
+    reply_to: str
+    service: str
+    endpoint: str | None
+    input: JSON
+    context: dict[str, JSON]
+    workflow: str | None = None
+    correlation_id: str | None = None
+    kind: str = "step"
+    entry_id: str = ""
+    queue_key: str = ""
+
+
+# --------------------------------------------------------------------------
+# State (folded from events; never stored)
+# --------------------------------------------------------------------------
+STEP_PENDING = "pending"
+STEP_SCHEDULED = "scheduled"
+STEP_WAITING = "waiting"
+STEP_RETRYING = "retrying"
+STEP_COMPLETED = "completed"
+STEP_FAILED = "failed"
+
+STATUS_NONE = "none"  # no events yet: the instance does not exist
+STATUS_CREATED = "created"
+STATUS_RUNNING = "running"
+STATUS_PAUSED = "paused"
+STATUS_FAILED = "failed"
+STATUS_COMPLETED = "completed"
+STATUS_CANCELLED = "cancelled"
+TERMINAL = frozenset({STATUS_COMPLETED, STATUS_CANCELLED})
+
+
+class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    status: str = STEP_PENDING
+    attempt: int = 0
+    budget_from: int = 0  # attempts before this number belong to an earlier budget
+    handler_retries: int = 0
+    task_id: str | None = None
+    output: JSON = None
+    error: StepError | None = None
+    wait: StepWaiting | None = None
+    timeout_at: int | None = None
+    retry_at: int | None = None
+    continued: bool = False  # failed, but the workflow continues past it
+    started_ms: int | None = None
+    finished_ms: int | None = None
+
+
+class State(msgspec.Struct, kw_only=True):
+    """One instance, folded. Treat as immutable: ``fold`` copies before it writes."""
+
+    id: str = ""
+    status: str = STATUS_NONE
+    version: int = 0
+    workflow: str | None = None
+    def_version: str | None = None
+    context: dict[str, JSON] = {}
+    correlation_id: str | None = None
+    steps: dict[str, StepState] = {}
+    output: JSON = None
+    error: StepError | None = None
+    failed_step: str | None = None
+    created_ms: int | None = None
+    updated_ms: int | None = None
+    finished_ms: int | None = None
+    seen: frozenset[str] = frozenset()
+
+    def step(self, name: str) -> StepState:
+        return self.steps.get(name) or _PENDING
+
+
+_PENDING = StepState()
+
+INITIAL = State()
+
+
+# --------------------------------------------------------------------------
+# Codecs, built once
+# --------------------------------------------------------------------------
+encode = msgspec.json.Encoder().encode
+decode_event = msgspec.json.Decoder(AnyEvent).decode
+_command_decoders = {t: msgspec.json.Decoder(c) for t, c in COMMAND_TYPES.items()}
+decode_task_data = msgspec.json.Decoder(TaskData).decode
+
+
+def decode_command(type_: str, data: bytes) -> Command:
+    """Decode an inbox entry's ``data``; raises KeyError or msgspec errors."""
+    return _command_decoders[type_].decode(data)

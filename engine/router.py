@@ -1,0 +1,158 @@
+"""Routes external events (the global events stream) to the instances waiting
+for them, through the per-partition wait index: for each filter shape
+registered for the event's type, the event's own values name the index set to
+read. No instance is ever scanned.
+
+Delivery is at least once: a router that dies between writing the commands and
+acknowledging the event routes it again, and the instances ignore the repeat
+(the wait is no longer open; the command's cmd_id names the event entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from .config import Settings
+from .consumer import Entry, GroupReader
+from .errors import StoreUnavailable
+from .keys import ROUTER_GROUP, Keys
+from .store import Store
+
+log = logging.getLogger("foldflow.router")
+
+
+class EventRouter:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, store: Store, consumer: str, settings: Settings) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.store = store
+        self.settings = settings
+        self.reader = GroupReader(redis, ROUTER_GROUP, consumer, [keys.events])
+        self.routed = 0
+        self.dead_lettered = 0
+        self._stopping = asyncio.Event()
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.keys.events}:dlq"
+
+    async def prepare(self) -> None:
+        await self.store.ensure_group(self.keys.events, ROUTER_GROUP)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        backoff = 0.05
+        last_reclaim = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                entries = await self.reader.read(self.settings.batch_size, min(self.settings.block_ms, 500))
+                if loop.time() - last_reclaim > max(0.2, self.settings.claim_idle_ms / 2000):
+                    last_reclaim = loop.time()
+                    entries += [e for e, _ in await self.reader.reclaim(self.settings.claim_idle_ms)]
+                if entries:
+                    await self.route(entries)
+                backoff = 0.05
+            except StoreUnavailable as exc:
+                log.warning("router: redis unavailable, retrying in %.2fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:  # noqa: BLE001 - one bad batch must never kill the loop
+                log.exception("router batch failed; entries stay pending")
+                await asyncio.sleep(1.0)
+
+    async def route(self, entries: list[Entry]) -> int:
+        decoded: list[tuple[str, str, dict[str, Any], str | None]] = []
+        bad: list[tuple[str, dict[bytes, bytes], str]] = []
+        for _stream, entry_id, fields in entries:
+            try:
+                decoded.append((entry_id, *_decode_event(fields, self.settings.max_payload_bytes)))
+            except ValueError as exc:
+                bad.append((entry_id, fields, str(exc)))
+        if bad:
+            await self._dead_letter(bad)
+        commands = await self._match(decoded)
+        pipe = self.redis.pipeline(transaction=False)
+        for p, fields in commands:
+            pipe.xadd(self.keys.inbox(p), fields)
+        if decoded:
+            pipe.xack(self.keys.events, ROUTER_GROUP, *[d[0] for d in decoded])
+        try:
+            await pipe.execute()
+        except (ConnectionError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        self.routed += len(commands)
+        return len(commands)
+
+    async def _match(self, decoded: list[tuple[str, str, dict[str, Any], str | None]]) -> list[tuple[int, dict[str, Any]]]:
+        P = self.keys.partitions
+        types = sorted({etype for _, etype, _, _ in decoded})
+        if not types:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for etype in types:
+            for p in range(P):
+                pipe.smembers(self.keys.wait_shapes(p, etype))
+        replies = await pipe.execute()
+        shapes = {
+            (etype, p): [tuple(orjson.loads(m)) for m in replies[i * P + p]]
+            for i, etype in enumerate(types)
+            for p in range(P)
+        }
+        lookups: list[tuple[int, str, str, dict[str, Any], str | None]] = []
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id, etype, data, corr in decoded:
+            for p in range(P):
+                for shape in shapes[(etype, p)]:
+                    if all(f in data for f in shape):
+                        pipe.smembers(self.keys.wait_index(p, etype, shape, [data[f] for f in shape]))
+                        lookups.append((p, entry_id, etype, data, corr))
+        if not lookups:
+            return []
+        commands = []
+        for (p, entry_id, etype, data, corr), members in zip(lookups, await pipe.execute()):
+            for member in members:
+                iid, step, attempt = orjson.loads(member)
+                body = {"step": step, "attempt": attempt, "event_type": etype, "event_id": entry_id, "data": data}
+                if corr:
+                    body["correlation_id"] = corr
+                commands.append((p, {
+                    "type": "event", "id": iid, "data": orjson.dumps(body),
+                    "cmd_id": f"ev:{entry_id}:{step}:{attempt}",
+                }))
+        return commands
+
+    async def _dead_letter(self, bad: list[tuple[str, dict[bytes, bytes], str]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id, fields, reason in bad:
+            original = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+            pipe.xadd(self.dlq, {"reason": reason, "source": self.keys.events, "entry_id": entry_id,
+                                 "fields": orjson.dumps(original)})
+            pipe.xack(self.keys.events, ROUTER_GROUP, entry_id)
+            log.warning("dead-lettered event %s: %s", entry_id, reason)
+        await pipe.execute()
+        self.dead_lettered += len(bad)
+
+
+def _decode_event(fields: dict[bytes, bytes], max_bytes: int) -> tuple[str, dict[str, Any], str | None]:
+    etype = fields.get(b"type")
+    if not etype:
+        raise ValueError("missing field 'type'")
+    raw = fields.get(b"data", b"{}")
+    if len(raw) > max_bytes:
+        raise ValueError(f"data is {len(raw)} bytes, over the limit of {max_bytes}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"data is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"data must be a JSON object, got {type(data).__name__}")
+    corr = fields.get(b"correlation_id")
+    return etype.decode(errors="replace"), data, corr.decode(errors="replace") if corr else None

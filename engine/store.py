@@ -1,0 +1,284 @@
+"""The Redis event store: instance streams, their partition feeds, and the
+scripts that change them atomically. The only module of the write side that
+speaks Redis commands; redis errors are translated here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .effects import Effects
+from .errors import ConfigError, DefinitionConflict, PoisonMessage, StoreUnavailable
+from .evolve import fold_stored
+from .keys import Keys
+from .model import INITIAL, Event, State, decode_event, encode
+
+SCRIPTS = Path(__file__).parent / "scripts"
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Script:
+    __slots__ = ("name", "source", "sha")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = (SCRIPTS / f"{name}.lua").read_bytes()
+        self.sha = hashlib.sha1(self.source).hexdigest()
+
+
+class AppendRequest:
+    """One instance's decision: events, effects and the inbox entries it answers."""
+
+    __slots__ = ("instance_id", "p", "expected", "entry_ids", "events", "effects", "ts")
+
+    def __init__(
+        self, instance_id: str, p: int, expected: int, entry_ids: Sequence[str],
+        events: list[Event], effects: Effects, ts: int,
+    ) -> None:
+        self.instance_id = instance_id
+        self.p = p
+        self.expected = expected
+        self.entry_ids = entry_ids
+        self.events = events
+        self.effects = effects
+        self.ts = ts
+
+
+OK, CONFLICT, NOT_OWNER = 1, 0, -1
+
+
+class AppendResult:
+    __slots__ = ("status", "version", "last_id", "entry_id")
+
+    def __init__(self, status: int, version: int = 0, last_id: str = "", entry_id: str = "") -> None:
+        self.status = status
+        self.version = version
+        self.last_id = last_id
+        self.entry_id = entry_id
+
+
+def event_type(event: Event) -> str:
+    return _tag_of(type(event))
+
+
+_TAGS: dict[type, str] = {}
+
+
+def _tag_of(cls: type) -> str:
+    tag = _TAGS.get(cls)
+    if tag is None:
+        tag = _TAGS[cls] = str(cls.__struct_config__.tag)  # type: ignore[attr-defined]
+    return tag
+
+
+def s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Store:
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = {n: Script(n) for n in ("append", "dead_letter", "complete_task", "fire_timers", "register_definition")}
+
+    # -- scripts ------------------------------------------------------------
+    async def load_scripts(self) -> None:
+        for script in self.scripts.values():
+            await self.redis.script_load(script.source)
+
+    async def run(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        script = self.scripts[name]
+        try:
+            try:
+                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # The script cache is volatile (restart, failover, SCRIPT FLUSH).
+                await self.redis.script_load(script.source)
+                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
+
+    async def run_many(self, name: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Pipeline many calls of one script; NOSCRIPT answers are loaded and re-run."""
+        if not calls:
+            return []
+        script = self.scripts[name]
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                await self.redis.script_load(script.source)
+                for i in missing:
+                    keys, args = calls[i]
+                    results[i] = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
+    # -- deployment ---------------------------------------------------------
+    async def check_meta(self) -> None:
+        """Record the partition count once; refuse to run against a different one."""
+        await self.redis.hsetnx(self.keys.meta, "partitions", self.keys.partitions)
+        stored = await self.redis.hget(self.keys.meta, "partitions")
+        if stored is None or int(stored) != self.keys.partitions:
+            raise ConfigError(
+                f"{self.keys.meta} says partitions={s(stored or b'?')} but this process was started "
+                f"with FOLDFLOW_PARTITIONS={self.keys.partitions}: every process of a deployment "
+                "must use the recorded count"
+            )
+
+    async def ensure_group(self, stream: str, group: str, start: str = "0") -> None:
+        try:
+            await self.redis.xgroup_create(stream, group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- instance streams ---------------------------------------------------
+    async def read_events(self, instance_id: str, after: str | None = None) -> list[tuple[str, Event, int]]:
+        key = self.keys.instance(instance_id)
+        entries = await self.redis.xrange(key, min=f"({after}" if after else "-", max="+")
+        return [_decode_stored(instance_id, eid, fields) for eid, fields in entries]
+
+    async def load_many(
+        self, wanted: Sequence[tuple[str, State, str | None]]
+    ) -> list[tuple[State, str | None] | PoisonMessage]:
+        """Catch each (instance, state, last entry id) up with its stream, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for iid, _state, after in wanted:
+            pipe.xrange(self.keys.instance(iid), min=f"({after}" if after else "-", max="+")
+        try:
+            replies = await pipe.execute()
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"redis unavailable loading instances: {exc}") from exc
+        out: list[tuple[State, str | None] | PoisonMessage] = []
+        for (iid, state, after), entries in zip(wanted, replies):
+            try:
+                stored = [_decode_stored(iid, eid, fields) for eid, fields in entries]
+            except PoisonMessage as exc:
+                out.append(exc)
+                continue
+            last = s(entries[-1][0]) if entries else after
+            out.append((fold_stored(state, ((e, ts) for _, e, ts in stored)), last))
+        return out
+
+    async def load(self, instance_id: str) -> State:
+        events = await self.read_events(instance_id)
+        return fold_stored(INITIAL, ((e, ts) for _, e, ts in events))
+
+    async def append_many(self, reqs: Sequence[AppendRequest], group: str, consumer: str) -> list[AppendResult]:
+        calls = [self._append_call(r, group, consumer) for r in reqs]
+        results = await self.run_many("append", calls)
+        out = []
+        for r in results:
+            status = int(r[0])
+            if status == OK:
+                out.append(AppendResult(OK, int(r[1]), s(r[2])))
+            elif status == CONFLICT:
+                out.append(AppendResult(CONFLICT, int(r[1])))
+            else:
+                out.append(AppendResult(NOT_OWNER, entry_id=s(r[1])))
+        return out
+
+    def _append_call(self, r: AppendRequest, group: str, consumer: str) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        keys = [k.instance(r.instance_id, r.p), k.feed(r.p), k.inbox(r.p), k.timers(r.p)]
+        index: dict[str, int] = {}
+
+        def ref(key: str) -> int:
+            i = index.get(key)
+            if i is None:
+                keys.append(key)
+                i = index[key] = len(keys)
+            return i
+
+        args: list[Any] = [group, consumer, r.expected, r.instance_id, r.ts, len(r.entry_ids), *r.entry_ids]
+        args.append(len(r.events))
+        for e in r.events:
+            args += (_tag_of(type(e)), encode(e))
+        fx = r.effects
+        for key, task_id, step, attempt, data in fx.tasks:
+            args += ("T", ref(key), task_id, step, attempt, data)
+        for score, member in fx.timers_add:
+            args += ("Z", score, member)
+        for member in fx.timers_rem:
+            args += ("z", member)
+        for key, member in fx.sadd:
+            args += ("S", ref(key), member)
+        for key, member in fx.srem:
+            args += ("s", ref(key), member)
+        return keys, args
+
+    # -- dead letters, timers ----------------------------------------------
+    async def dead_letter_many(
+        self, items: Iterable[tuple[str, str, str, str, str, dict[bytes, bytes], int]], consumer: str, ts: int
+    ) -> None:
+        """items: (source stream, dlq, group, entry id, reason, original fields, deliveries)."""
+        calls = []
+        for source, dlq, group, entry_id, reason, fields, deliveries in items:
+            original = orjson.dumps({s(k): s(v) if _utf8(v) else repr(v) for k, v in fields.items()})
+            calls.append(([source, dlq], [group, consumer, entry_id, reason, ts, original, deliveries]))
+        await self.run_many("dead_letter", calls)
+
+    async def fire_timers(self, limit: int = 256) -> list[tuple[int, int]]:
+        calls = [([self.keys.timers(p), self.keys.inbox(p)], [limit]) for p in range(self.keys.partitions)]
+        return [(int(r[0]), int(r[1])) for r in await self.run_many("fire_timers", calls)]
+
+    # -- definitions -------------------------------------------------------
+    async def register_definition(self, name: str, version: str, body: bytes, sort_key: str) -> bool:
+        """Store (name, version) immutably; True when new, False when already the same."""
+        result = int(await self.run("register_definition", [self.keys.definition(name)], [version, body, sort_key]))
+        if result < 0:
+            raise DefinitionConflict(
+                f"definition {name!r} version {version!r} is already registered with a different body; "
+                "register the change under a new version"
+            )
+        await self.redis.sadd(self.keys.definitions_index, name)
+        return result == 1
+
+    async def definition_body(self, name: str, version: str | None) -> tuple[str, bytes] | None:
+        key = self.keys.definition(name)
+        if version is None:
+            latest = await self.redis.hget(key, "latest")
+            if latest is None:
+                return None
+            version = s(latest)
+        body = await self.redis.hget(key, f"v:{version}")
+        return None if body is None else (version, body)
+
+    async def definition_versions(self, name: str) -> list[str]:
+        fields = await self.redis.hkeys(self.keys.definition(name))
+        return [s(f)[2:] for f in fields if s(f).startswith("v:")]
+
+
+def _utf8(value: bytes | str) -> bool:
+    if isinstance(value, str):
+        return True
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _decode_stored(instance_id: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> tuple[str, Event, int]:
+    try:
+        return s(entry_id), decode_event(fields[b"data"]), int(fields[b"ts"])
+    except Exception as exc:  # noqa: BLE001 - any defect in a stored entry is the same poison
+        raise PoisonMessage(
+            f"instance stream of {instance_id!r} has an unreadable entry {s(entry_id)}: {exc}"
+        ) from exc

@@ -1,0 +1,339 @@
+"""The engine worker: a consumer of every partition inbox that folds, decides
+and appends. Several processes share the load through the consumer group.
+
+Per batch: read up to N commands, group them by instance, bring each instance's
+state up to date (from the cache, catching up with the stream's tail), decide
+every command, and write each instance's events, effects and acks with one
+pipelined script call per instance. A version conflict (another worker wrote
+first) catches up and decides again; an entry that is no longer ours (it was
+reclaimed while we stalled) is left to its new owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Callable, Iterable
+
+import redis.asyncio as aioredis
+
+from .catalog import Catalog
+from .codec import decode_command_entry
+from .config import Settings
+from .consumer import Entry, GroupReader
+from .decider import decide_and_fold
+from .definition import Definition
+from .effects import plan
+from .errors import PoisonMessage, StoreUnavailable
+from .keys import ENGINE_GROUP, Keys
+from .model import INITIAL, STATUS_NONE, Envelope, Event, StartWorkflow, State
+from .router import EventRouter
+from .store import CONFLICT, OK, AppendRequest, Store
+from .timers import TimerPoller
+
+log = logging.getLogger("foldflow.worker")
+MAX_ROUNDS = 8  # conflict retries within one batch before leaving entries to redelivery
+
+
+def clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StateCache:
+    """Bounded LRU of instance states, each with the id of the last event folded."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[State, str | None]] = OrderedDict()
+
+    def get(self, iid: str) -> tuple[State, str | None] | None:
+        item = self._items.get(iid)
+        if item is not None:
+            self._items.move_to_end(iid)
+        return item
+
+    def put(self, iid: str, state: State, last_id: str | None) -> None:
+        self._items[iid] = (state, last_id)
+        self._items.move_to_end(iid)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def drop(self, iid: str) -> None:
+        self._items.pop(iid, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Stats:
+    __slots__ = ("commands", "events", "ignored", "conflicts", "not_owner", "dead_lettered", "reclaimed", "batches")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class EngineWorker:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, clock: Callable[[], int] = clock_ms) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.prefix, settings.partitions)
+        self.store = Store(redis, self.keys)
+        self.catalog = Catalog(self.store)
+        self.consumer = settings.consumer_name()
+        self.reader = GroupReader(redis, ENGINE_GROUP, self.consumer, self.keys.all_inboxes())
+        self.cache = StateCache(settings.cache_size)
+        self.stats = Stats()
+        self.clock = clock
+        self.router = EventRouter(redis, self.keys, self.store, self.consumer, settings)
+        self.timers = TimerPoller(self.store, settings)
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------
+    async def prepare(self) -> None:
+        await self.store.check_meta()
+        await self.store.load_scripts()
+        for inbox in self.keys.all_inboxes():
+            await self.store.ensure_group(inbox, ENGINE_GROUP)
+        await self.router.prepare()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.router.stop()
+        self.timers.stop()
+
+    async def run(self) -> None:
+        await self.prepare()
+        side = [
+            asyncio.create_task(self.router.run(), name="router"),
+            asyncio.create_task(self.timers.run(), name="timers"),
+            asyncio.create_task(self._reclaim_loop(), name="reclaim"),
+        ]
+        try:
+            await self._consume()
+        finally:
+            self.stop()
+            for task in side:
+                task.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+
+    async def _consume(self) -> None:
+        backoff = 0.05
+        while not self._stopping.is_set():
+            try:
+                entries = await self.reader.read(self.settings.batch_size, self.settings.block_ms)
+                if entries:
+                    await self.process(entries)
+                backoff = 0.05
+            except StoreUnavailable as exc:
+                log.warning("redis unavailable, retrying in %.2fs: %s", backoff, exc)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:  # noqa: BLE001 - one bad batch must never kill the loop
+                log.exception("engine batch failed; its entries stay pending and will be redelivered")
+                await self._sleep(1.0)
+
+    async def _reclaim_loop(self) -> None:
+        interval = max(0.2, min(self.settings.claim_idle_ms, 10_000) / 2000)
+        while not self._stopping.is_set():
+            await self._sleep(interval)
+            try:
+                await self.reclaim()
+            except StoreUnavailable as exc:
+                log.warning("reclaim skipped: %s", exc)
+            except Exception:  # noqa: BLE001
+                log.exception("reclaim failed")
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # -- the recipe ------------------------------------------------------------
+    async def reclaim(self) -> int:
+        claimed = await self.reader.reclaim(self.settings.claim_idle_ms)
+        if not claimed:
+            return 0
+        self.stats.reclaimed += len(claimed)
+        limit = self.settings.max_deliveries
+        poison = [
+            (e, f"delivered {n} times (limit {limit}): it failed every time it was processed")
+            for e, n in claimed
+            if n > limit
+        ]
+        await self._dead_letter(poison, {e[1]: n for e, n in claimed})
+        fresh = [e for e, n in claimed if n <= limit]
+        if fresh:
+            await self.process(fresh)
+        return len(claimed)
+
+    async def process(self, entries: list[Entry]) -> None:
+        self.stats.batches += 1
+        self.stats.commands += len(entries)
+        groups: dict[str, list[Envelope]] = {}
+        poison: list[tuple[Entry, str]] = []
+        for entry in entries:
+            stream, entry_id, fields = entry
+            p = self.keys.inbox_partition(stream)
+            try:
+                env = decode_command_entry(entry_id, fields, self.settings.max_payload_bytes)
+                home = self.keys.partition(env.instance_id)
+                if home != p:
+                    raise PoisonMessage(f"instance {env.instance_id!r} belongs to partition {home}, not {p}")
+            except PoisonMessage as exc:
+                poison.append((entry, str(exc)))
+                continue
+            groups.setdefault(env.instance_id, []).append(env)
+        by_id = {e[1]: e for e in entries}
+        if poison:
+            await self._dead_letter(poison)
+        await self._apply(groups, by_id)
+
+    async def _apply(self, groups: dict[str, list[Envelope]], by_id: dict[str, Entry]) -> None:
+        stale: set[str] = set()
+        todo = groups
+        for _ in range(MAX_ROUNDS):
+            if not todo:
+                return
+            states = await self._states(todo, stale)
+            await self._prefetch_definitions(todo, states)
+            reqs: list[AppendRequest] = []
+            after: list[tuple[str, list[Envelope], State]] = []
+            poison: list[tuple[Entry, str]] = []
+            now = self.clock()
+            for iid, envs in todo.items():
+                state = states[iid]
+                if isinstance(state, PoisonMessage):
+                    poison += [(by_id[e.entry_id], str(state)) for e in envs]
+                    continue
+                events, new_state, kept = self._decide(iid, state, envs, now, poison, by_id)
+                if not kept:
+                    continue
+                p = self.keys.partition(iid)
+                fx = plan(state, events, self.keys, p)
+                reqs.append(AppendRequest(iid, p, state.version, [e.entry_id for e in kept], events, fx, now))
+                after.append((iid, kept, new_state))
+            if poison:
+                await self._dead_letter(poison)
+            results = await self.store.append_many(reqs, ENGINE_GROUP, self.consumer)
+            todo = {}
+            stale = set()
+            for req, (iid, envs, new_state), res in zip(reqs, after, results):
+                if res.status == OK:
+                    cached = self.cache.get(iid)
+                    last = res.last_id or (cached[1] if cached else None)
+                    self.cache.put(iid, new_state, last)
+                    self.stats.events += len(req.events)
+                    if not req.events:
+                        self.stats.ignored += len(envs)
+                elif res.status == CONFLICT:
+                    self.stats.conflicts += 1
+                    stale.add(iid)
+                    todo[iid] = envs
+                else:
+                    # Reclaimed by another worker while we held it: theirs now.
+                    self.stats.not_owner += 1
+                    self.cache.drop(iid)
+                    rest = [e for e in envs if e.entry_id != res.entry_id]
+                    if rest:
+                        todo[iid] = rest
+        if todo:
+            log.warning("gave up on %d instances after %d version conflicts; redelivery will retry", len(todo), MAX_ROUNDS)
+
+    def _decide(
+        self, iid: str, state: State, envs: list[Envelope], now: int,
+        poison: list[tuple[Entry, str]], by_id: dict[str, Entry],
+    ) -> tuple[list[Event], State, list[Envelope]]:
+        events: list[Event] = []
+        kept: list[Envelope] = []
+        for env in envs:
+            cmd = env.command
+            if state.status == STATUS_NONE and not isinstance(cmd, StartWorkflow):
+                poison.append((by_id[env.entry_id], f"unknown instance {iid!r}: no workflow was started with this id"))
+                continue
+            definition = self._definition_for(state, cmd)
+            if definition is None:
+                poison.append((by_id[env.entry_id], self._missing_definition(state, cmd)))
+                continue
+            new_events, state = decide_and_fold(state, env, definition, now)
+            events += new_events
+            kept.append(env)
+        return events, state, kept
+
+    def _definition_for(self, state: State, cmd: object) -> Definition | None:
+        if state.status == STATUS_NONE:
+            assert isinstance(cmd, StartWorkflow)
+            return self._start_defs.get((cmd.workflow, cmd.version))
+        assert state.workflow is not None and state.def_version is not None
+        return self.catalog.cached(state.workflow, state.def_version)
+
+    @staticmethod
+    def _missing_definition(state: State, cmd: object) -> str:
+        if state.status == STATUS_NONE and isinstance(cmd, StartWorkflow):
+            which = f"version {cmd.version!r}" if cmd.version else "any version"
+            return f"unknown workflow {cmd.workflow!r} ({which} is not registered)"
+        return f"definition {state.workflow!r} version {state.def_version!r} of this instance is not registered"
+
+    async def _prefetch_definitions(self, todo: dict[str, list[Envelope]], states: dict[str, State | PoisonMessage]) -> None:
+        self._start_defs: dict[tuple[str, str | None], Definition | None] = {}
+        for iid, envs in todo.items():
+            state = states[iid]
+            if isinstance(state, PoisonMessage):
+                continue
+            if state.status != STATUS_NONE:
+                assert state.workflow is not None and state.def_version is not None
+                if self.catalog.cached(state.workflow, state.def_version) is None:
+                    await self._fetch(state.workflow, state.def_version)
+                continue
+            for env in envs:
+                cmd = env.command
+                if isinstance(cmd, StartWorkflow) and (cmd.workflow, cmd.version) not in self._start_defs:
+                    self._start_defs[(cmd.workflow, cmd.version)] = await self._fetch(cmd.workflow, cmd.version)
+
+    async def _fetch(self, name: str, version: str | None) -> Definition | None:
+        try:
+            return await self.catalog.get(name, version)
+        except PoisonMessage as exc:
+            log.error("%s", exc)
+            return None
+
+    async def _states(self, todo: Iterable[str], stale: set[str]) -> dict[str, State | PoisonMessage]:
+        out: dict[str, State | PoisonMessage] = {}
+        wanted: list[tuple[str, State, str | None]] = []
+        for iid in todo:
+            cached = self.cache.get(iid)
+            if cached is None:
+                wanted.append((iid, INITIAL, None))
+            elif iid in stale:
+                wanted.append((iid, cached[0], cached[1]))
+            else:
+                out[iid] = cached[0]
+        if wanted:
+            for (iid, _, _), loaded in zip(wanted, await self.store.load_many(wanted)):
+                if isinstance(loaded, PoisonMessage):
+                    self.cache.drop(iid)
+                    out[iid] = loaded
+                else:
+                    state, last = loaded
+                    if state.status != STATUS_NONE:
+                        self.cache.put(iid, state, last)
+                    out[iid] = state
+        return out
+
+    async def _dead_letter(self, poison: list[tuple[Entry, str]], deliveries: dict[str, int] | None = None) -> None:
+        if not poison:
+            return
+        items = []
+        for (stream, entry_id, fields), reason in poison:
+            p = self.keys.inbox_partition(stream)
+            n = (deliveries or {}).get(entry_id, 1)
+            items.append((stream, self.keys.dlq(p), ENGINE_GROUP, entry_id, reason, fields, n))
+            log.warning("dead-lettered %s %s: %s", stream, entry_id, reason)
+        await self.store.dead_letter_many(items, self.consumer, self.clock())
+        self.stats.dead_lettered += len(poison)
