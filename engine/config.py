@@ -27,6 +27,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """FOLDFLOW_BLOCK_MS: how long XREADGROUP waits; kept below the socket timeout."""
     claim_idle_ms: int = 30_000
     """FOLDFLOW_CLAIM_IDLE_MS: a pending entry idle this long belongs to a dead worker."""
+    lease_ms: int = 5_000
+    """FOLDFLOW_LEASE_MS: a partition lease's TTL; a crashed worker's partitions move after it."""
     task_claim_idle_ms: int = 300_000
     """FOLDFLOW_TASK_CLAIM_IDLE_MS: the same for tasks (a handler may run this long)."""
     max_deliveries: int = 5
@@ -52,6 +54,7 @@ _ENV = {
     "block_ms": "FOLDFLOW_BLOCK_MS",
     "claim_idle_ms": "FOLDFLOW_CLAIM_IDLE_MS",
     "task_claim_idle_ms": "FOLDFLOW_TASK_CLAIM_IDLE_MS",
+    "lease_ms": "FOLDFLOW_LEASE_MS",
     "max_deliveries": "FOLDFLOW_MAX_DELIVERIES",
     "cache_size": "FOLDFLOW_CACHE_SIZE",
     "timer_poll_ms": "FOLDFLOW_TIMER_POLL_MS",
@@ -81,7 +84,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         else:
             values[field] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
-    for field in ("partitions", "batch_size", "max_deliveries", "cache_size", "concurrency", "max_payload_bytes"):
+    for field in ("partitions", "batch_size", "max_deliveries", "cache_size", "concurrency", "max_payload_bytes",
+                  "lease_ms"):
         v = values.get(field, getattr(defaults, field))
         if not isinstance(v, int) or v < 1:
             problems.append(f"{_ENV[field]}: must be a positive integer, got {v!r}")

@@ -34,7 +34,34 @@ class GroupReader:
         # cursor must be carried, or entries past the first window starve.
         self._cursors = {s: "0-0" for s in self.streams}
 
+    def set_streams(self, streams: Sequence[str]) -> None:
+        self.streams = list(streams)
+        self._cursors = {s: self._cursors.get(s, "0-0") for s in self.streams}
+
+    async def claim_all(self, stream: str, count: int = 500) -> list[tuple[Entry, int]]:
+        """Every entry pending in stream for any consumer, claimed now, in id order.
+
+        Used when a partition changes hands: what the last owner left pending is
+        older than anything unread, so it is decided first.
+        """
+        out: list[tuple[Entry, int]] = []
+        cursor = "0-0"
+        while True:
+            try:
+                reply = await self.redis.xautoclaim(stream, self.group, self.consumer, 0, cursor, count=count)
+            except _TRANSIENT as exc:
+                raise StoreUnavailable(f"redis unavailable claiming {stream}: {exc}") from exc
+            claimed = [(stream, _s(eid), fields) for eid, fields in reply[1] if fields is not None]
+            if claimed:
+                counts = await self.delivery_counts(stream, [e[1] for e in claimed])
+                out += [(e, counts.get(e[1], 1)) for e in claimed]
+            cursor = _s(reply[0])
+            if cursor == "0-0":
+                return out
+
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        if not self.streams:
+            return []
         try:
             reply = await self.redis.xreadgroup(
                 self.group, self.consumer, {s: ">" for s in self.streams}, count=count, block=block_ms

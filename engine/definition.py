@@ -40,7 +40,10 @@ import yaml
 from engine.expressions import template_problems
 
 STEP_TYPES: Final = ("service_call", "event_wait")
-ERROR_ACTIONS: Final = ("retry", "notify", "terminate", "continue", "compensate")
+ERROR_ACTIONS: Final = ("retry", "notify", "terminate", "continue")
+# Saga compensation needs the `compensation` block to run; until that lands a
+# definition asking for it is refused rather than silently treated as terminate.
+UNSUPPORTED_ACTIONS: Final = ("compensate",)
 MAX_DOCUMENT_BYTES: Final = 1 << 20
 _TYPE_ALIASES: Final = {"wait_for_event": "event_wait"}
 _BACKOFF_BASES: Final = {"exponential": 2.0, "fixed": 1.0, "constant": 1.0}
@@ -434,6 +437,9 @@ class _Builder:
         action = self.text(_at(raw, "action", path))
         if _at(raw, "action", path) is None:
             self.add(f"{path}.action", f"required (supported: {', '.join(ERROR_ACTIONS)})")
+        elif action in UNSUPPORTED_ACTIONS:
+            self.add(f"{path}.action", f"action {action!r} is not supported by this version of foldflow "
+                                       f"(supported: {', '.join(ERROR_ACTIONS)})")
         elif action is not None and action not in ERROR_ACTIONS:
             self.add(f"{path}.action", f"unknown action {action!r} (supported: {', '.join(ERROR_ACTIONS)})")
         if action == "notify" and _at(raw, "target", path) is None:
@@ -490,6 +496,8 @@ class _Builder:
                 self.add(path, f"step {handler.step!r} already has an error handler at {by_step[handler.step][1]}")
             elif handler.step is not None:
                 by_step[handler.step] = (handler, path)
+        # A handler without a step is the workflow-wide default for steps that have none.
+        default = next((h for h, _ in handlers if h.step is None), None)
         attached, from_steps = [], []
         for step, draft in zip(steps, drafts):
             if step.on_error is not None:
@@ -498,6 +506,8 @@ class _Builder:
                     self.add(draft.on_failure_path, f"conflicts with the error handler at {by_step[step.name][1]}")
             elif step.name in by_step:
                 step = msgspec.structs.replace(step, on_error=by_step[step.name][0])
+            elif default is not None:
+                step = msgspec.structs.replace(step, on_error=default)
             attached.append(step)
         return attached, tuple(h for h, _ in handlers) + tuple(from_steps)
 

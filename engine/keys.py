@@ -83,6 +83,13 @@ class Keys:
     def tasks(self, p: int, queue: str) -> str:
         return f"{self._tags[p]}:tasks:{queue}"
 
+    def lease(self, p: int) -> str:
+        return f"{self._tags[p]}:lease"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
     def wait_shapes(self, p: int, event_type: str) -> str:
         return f"{self._tags[p]}:waitshapes:{event_type}"
 

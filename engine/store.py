@@ -52,7 +52,7 @@ class AppendRequest:
         self.ts = ts
 
 
-OK, CONFLICT, NOT_OWNER = 1, 0, -1
+OK, CONFLICT, NOT_OWNER, FENCED = 1, 0, -1, -2
 
 
 class AppendResult:
@@ -87,7 +87,10 @@ class Store:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
-        self.scripts = {n: Script(n) for n in ("append", "dead_letter", "complete_task", "fire_timers", "register_definition")}
+        self.scripts = {
+            n: Script(n)
+            for n in ("append", "dead_letter", "complete_task", "fire_timers", "register_definition", "lease")
+        }
 
     # -- scripts ------------------------------------------------------------
     async def load_scripts(self) -> None:
@@ -180,8 +183,11 @@ class Store:
         events = await self.read_events(instance_id)
         return fold_stored(INITIAL, ((e, ts) for _, e, ts in events))
 
-    async def append_many(self, reqs: Sequence[AppendRequest], group: str, consumer: str) -> list[AppendResult]:
-        calls = [self._append_call(r, group, consumer) for r in reqs]
+    async def append_many(
+        self, reqs: Sequence[AppendRequest], group: str, consumer: str, *, fenced: bool = False
+    ) -> list[AppendResult]:
+        """Apply decisions; fenced: only while this consumer holds each partition's lease."""
+        calls = [self._append_call(r, group, consumer, fenced) for r in reqs]
         results = await self.run_many("append", calls)
         out = []
         for r in results:
@@ -190,13 +196,15 @@ class Store:
                 out.append(AppendResult(OK, int(r[1]), s(r[2])))
             elif status == CONFLICT:
                 out.append(AppendResult(CONFLICT, int(r[1])))
+            elif status == FENCED:
+                out.append(AppendResult(FENCED, entry_id=s(r[1])))
             else:
                 out.append(AppendResult(NOT_OWNER, entry_id=s(r[1])))
         return out
 
-    def _append_call(self, r: AppendRequest, group: str, consumer: str) -> tuple[list[str], list[Any]]:
+    def _append_call(self, r: AppendRequest, group: str, consumer: str, fenced: bool) -> tuple[list[str], list[Any]]:
         k = self.keys
-        keys = [k.instance(r.instance_id, r.p), k.feed(r.p), k.inbox(r.p), k.timers(r.p)]
+        keys = [k.instance(r.instance_id, r.p), k.feed(r.p), k.inbox(r.p), k.timers(r.p), k.lease(r.p)]
         index: dict[str, int] = {}
 
         def ref(key: str) -> int:
@@ -206,7 +214,8 @@ class Store:
                 i = index[key] = len(keys)
             return i
 
-        args: list[Any] = [group, consumer, r.expected, r.instance_id, r.ts, len(r.entry_ids), *r.entry_ids]
+        args: list[Any] = [group, consumer, r.expected, r.instance_id, r.ts, "1" if fenced else "0",
+                           len(r.entry_ids), *r.entry_ids]
         args.append(len(r.events))
         for e in r.events:
             args += (_tag_of(type(e)), encode(e))
@@ -233,6 +242,10 @@ class Store:
             original = orjson.dumps({s(k): s(v) if _utf8(v) else repr(v) for k, v in fields.items()})
             calls.append(([source, dlq], [group, consumer, entry_id, reason, ts, original, deliveries]))
         await self.run_many("dead_letter", calls)
+
+    async def leases(self, op: str, partitions: Sequence[int], holder: str, ttl_ms: int) -> list[bool]:
+        calls = [([self.keys.lease(p)], [op, holder, ttl_ms]) for p in partitions]
+        return [bool(int(r)) for r in await self.run_many("lease", calls)]
 
     async def fire_timers(self, limit: int = 256) -> list[tuple[int, int]]:
         calls = [([self.keys.timers(p), self.keys.inbox(p)], [limit]) for p in range(self.keys.partitions)]

@@ -30,7 +30,8 @@ from .errors import PoisonMessage, StoreUnavailable
 from .keys import ENGINE_GROUP, Keys
 from .model import INITIAL, STATUS_NONE, Envelope, Event, StartWorkflow, State
 from .router import EventRouter
-from .store import CONFLICT, OK, AppendRequest, Store
+from .leases import PartitionLeases
+from .store import CONFLICT, FENCED, OK, AppendRequest, Store
 from .timers import TimerPoller
 
 log = logging.getLogger("foldflow.worker")
@@ -68,7 +69,8 @@ class StateCache:
 
 
 class Stats:
-    __slots__ = ("commands", "events", "ignored", "conflicts", "not_owner", "dead_lettered", "reclaimed", "batches")
+    __slots__ = ("commands", "events", "ignored", "conflicts", "not_owner", "fenced", "dead_lettered", "reclaimed",
+                 "batches")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -92,6 +94,8 @@ class EngineWorker:
         self.clock = clock
         self.router = EventRouter(redis, self.keys, self.store, self.consumer, settings)
         self.timers = TimerPoller(self.store, settings)
+        self.leases = PartitionLeases(redis, self.keys, self.store, self.consumer, settings.lease_ms)
+        self.reader.set_streams([])
         self._stopping = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------
@@ -101,6 +105,7 @@ class EngineWorker:
         for inbox in self.keys.all_inboxes():
             await self.store.ensure_group(inbox, ENGINE_GROUP)
         await self.router.prepare()
+        await self.leases.heartbeat()  # so workers started together share partitions at once
 
     def stop(self) -> None:
         self._stopping.set()
@@ -112,7 +117,6 @@ class EngineWorker:
         side = [
             asyncio.create_task(self.router.run(), name="router"),
             asyncio.create_task(self.timers.run(), name="timers"),
-            asyncio.create_task(self._reclaim_loop(), name="reclaim"),
         ]
         try:
             await self._consume()
@@ -121,12 +125,31 @@ class EngineWorker:
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
+            try:
+                await self.leases.release_all()  # hand partitions over now, not after the TTL
+            except Exception as exc:  # noqa: BLE001 - leaving anyway; the TTL frees them
+                log.warning("could not release leases: %s", exc)
 
     async def _consume(self) -> None:
+        """One loop, so each owned partition's commands are decided in inbox order."""
+        loop = asyncio.get_running_loop()
+        lease_every = self.settings.lease_ms / 3000
+        reclaim_every = max(0.2, min(self.settings.claim_idle_ms, 10_000) / 2000)
+        block = max(1, min(self.settings.block_ms, self.settings.lease_ms // 4))
+        next_lease = next_reclaim = 0.0
         backoff = 0.05
         while not self._stopping.is_set():
             try:
-                entries = await self.reader.read(self.settings.batch_size, self.settings.block_ms)
+                if loop.time() >= next_lease:
+                    next_lease = loop.time() + lease_every
+                    await self.rebalance()
+                if loop.time() >= next_reclaim:
+                    next_reclaim = loop.time() + reclaim_every
+                    await self.reclaim()
+                if not self.leases.owned:
+                    await self._sleep(block / 1000)
+                    continue
+                entries = await self.reader.read(self.settings.batch_size, block)
                 if entries:
                     await self.process(entries)
                 backoff = 0.05
@@ -138,17 +161,6 @@ class EngineWorker:
                 log.exception("engine batch failed; its entries stay pending and will be redelivered")
                 await self._sleep(1.0)
 
-    async def _reclaim_loop(self) -> None:
-        interval = max(0.2, min(self.settings.claim_idle_ms, 10_000) / 2000)
-        while not self._stopping.is_set():
-            await self._sleep(interval)
-            try:
-                await self.reclaim()
-            except StoreUnavailable as exc:
-                log.warning("reclaim skipped: %s", exc)
-            except Exception:  # noqa: BLE001
-                log.exception("reclaim failed")
-
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
@@ -156,10 +168,24 @@ class EngineWorker:
             pass
 
     # -- the recipe ------------------------------------------------------------
+    async def rebalance(self) -> None:
+        gained, lost = await self.leases.maintain()
+        if gained or lost:
+            log.info("partitions: gained %s, lost %s, now %s", gained, lost, sorted(self.leases.owned))
+            self.reader.set_streams([self.keys.inbox(p) for p in sorted(self.leases.owned)])
+        for p in gained:
+            # What the previous owner left pending is older than anything unread.
+            claimed = await self.reader.claim_all(self.keys.inbox(p))
+            if claimed:
+                await self._process_claimed(claimed)
+
     async def reclaim(self) -> int:
         claimed = await self.reader.reclaim(self.settings.claim_idle_ms)
-        if not claimed:
-            return 0
+        if claimed:
+            await self._process_claimed(claimed)
+        return len(claimed)
+
+    async def _process_claimed(self, claimed: list[tuple[Entry, int]]) -> None:
         self.stats.reclaimed += len(claimed)
         limit = self.settings.max_deliveries
         poison = [
@@ -171,7 +197,6 @@ class EngineWorker:
         fresh = [e for e, n in claimed if n <= limit]
         if fresh:
             await self.process(fresh)
-        return len(claimed)
 
     async def process(self, entries: list[Entry]) -> None:
         self.stats.batches += 1
@@ -221,7 +246,7 @@ class EngineWorker:
                 after.append((iid, kept, new_state))
             if poison:
                 await self._dead_letter(poison)
-            results = await self.store.append_many(reqs, ENGINE_GROUP, self.consumer)
+            results = await self.store.append_many(reqs, ENGINE_GROUP, self.consumer, fenced=True)
             todo = {}
             stale = set()
             for req, (iid, envs, new_state), res in zip(reqs, after, results):
@@ -236,6 +261,10 @@ class EngineWorker:
                     self.stats.conflicts += 1
                     stale.add(iid)
                     todo[iid] = envs
+                elif res.status == FENCED:
+                    # Our lease on this partition lapsed: its new owner claims these entries.
+                    self.stats.fenced += 1
+                    self._lose(req.p)
                 else:
                     # Reclaimed by another worker while we held it: theirs now.
                     self.stats.not_owner += 1
@@ -245,6 +274,12 @@ class EngineWorker:
                         todo[iid] = rest
         if todo:
             log.warning("gave up on %d instances after %d version conflicts; redelivery will retry", len(todo), MAX_ROUNDS)
+
+    def _lose(self, p: int) -> None:
+        if p in self.leases.owned:
+            log.warning("lease on partition %d lost (held by another worker now)", p)
+            self.leases.owned.discard(p)
+            self.reader.set_streams([self.keys.inbox(q) for q in sorted(self.leases.owned)])
 
     def _decide(
         self, iid: str, state: State, envs: list[Envelope], now: int,

@@ -473,11 +473,21 @@ def test_handler_backoff_spellings() -> None:
     handlers = [
         {"step": "a", "on_error": {"action": "retry", "backoff_seconds": 1.5}},
         {"step": "b", "on_error": {"action": "retry", "backoff": "2m"}},
-        {"action": "compensate"},  # workflow-wide, written without on_error
+        {"action": "terminate"},  # workflow-wide, written without on_error
     ]
-    d = parse_definition(envelope(call("a"), call("b"), error_handlers=handlers))
+    d = parse_definition(envelope(call("a"), call("b"), call("c"), error_handlers=handlers))
     assert [h.backoff_ms for h in d.error_handlers] == [1_500, 120_000, 0]
-    assert d.error_handlers[2] == ErrorHandler(step=None, action="compensate")
+    assert d.error_handlers[2] == ErrorHandler(step=None, action="terminate")
+    # the workflow-wide handler is the default for a step without its own
+    assert d.step("c").on_error == ErrorHandler(step=None, action="terminate")
+    assert d.step("a").on_error is not None and d.step("a").on_error.action == "retry"
+
+
+def test_compensate_is_refused_until_compensation_is_supported() -> None:
+    doc = envelope(call("a"), error_handlers=[{"step": "a", "on_error": {"action": "compensate"}}])
+    problem = only_problem(doc)
+    assert problem.path == "definition.error_handlers[0].on_error.action"
+    assert "'compensate' is not supported" in problem.message
 
 
 def test_on_failure_conflicting_with_error_handlers() -> None:

@@ -9,7 +9,9 @@
 -- ARGV[1]  consumer group             ARGV[2]  consumer name
 -- ARGV[3]  expected version (the instance version the decision was made on; 0 = new)
 -- ARGV[4]  instance id                ARGV[5]  timestamp, ms
--- ARGV[6]  A: how many inbox entry ids follow; ARGV[7 .. 6+A] the ids. Each must still
+-- ARGV[6]  '1': fenced, the lease KEYS[5] must be held by this consumer (a worker whose
+--          lease expired while it stalled can no longer write); '0': not checked
+-- ARGV[7]  A: how many inbox entry ids follow; ARGV[8 .. 7+A] the ids. Each must still
 --          be pending for this consumer (a late append from a stalled worker whose
 --          entries were reclaimed is refused, never acked on the new owner's behalf).
 -- then     E: how many events follow, then E pairs (event type, data JSON)
@@ -22,15 +24,23 @@
 --
 -- Returns {1, new version, id of the last event in the instance stream} when written,
 --         {0, current version}  when the expected version is stale (nothing written),
---         {-1, entry id}        when an entry is no longer ours (nothing written).
+--         {-1, entry id}        when an entry is no longer ours (nothing written),
+--         {-2, lease holder}    when fenced and the partition's lease is not ours.
 
 local group, consumer = ARGV[1], ARGV[2]
 local expected = tonumber(ARGV[3])
 local instance_id, ts = ARGV[4], ARGV[5]
-local nack = tonumber(ARGV[6])
+local nack = tonumber(ARGV[7])
+
+if ARGV[6] == '1' then
+  local holder = redis.call('GET', KEYS[5])
+  if holder ~= consumer then
+    return {-2, holder or ''}
+  end
+end
 
 for i = 1, nack do
-  local id = ARGV[6 + i]
+  local id = ARGV[7 + i]
   local pending = redis.call('XPENDING', KEYS[3], group, id, id, 1, consumer)
   if #pending == 0 then
     return {-1, id}
@@ -52,7 +62,7 @@ if version ~= expected then
   return {0, version}
 end
 
-local pos = 7 + nack
+local pos = 8 + nack
 local nevents = tonumber(ARGV[pos])
 pos = pos + 1
 local last_id = ''
@@ -90,6 +100,6 @@ while pos <= n do
 end
 
 for i = 1, nack do
-  redis.call('XACK', KEYS[3], group, ARGV[6 + i])
+  redis.call('XACK', KEYS[3], group, ARGV[7 + i])
 end
 return {1, version, last_id}

@@ -1,0 +1,70 @@
+"""Helpers shared by the end-to-end tests: an agent simulator that answers the
+example's event waits by watching the partition feeds, and history checks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from engine.client import Client
+from engine.keys import Keys
+
+
+class AgentSimulator:
+    """Publishes `agent.task_completed` for every wait it sees begin in the feeds.
+
+    It watches `workflow.step_waiting` on the feeds (as any service could), so it
+    never races the wait's registration.
+    """
+
+    def __init__(self, redis: aioredis.Redis, client: Client, keys: Keys) -> None:
+        self.redis = redis
+        self.client = client
+        self.keys = keys
+        self.published = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        cursors = {self.keys.feed(p): "0-0" for p in range(self.keys.partitions)}
+        while not self._stop.is_set():
+            reply = await self.redis.xread(cursors, count=500, block=100)
+            for stream, entries in reply or []:
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                for entry_id, fields in entries:
+                    cursors[name] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    if fields[b"type"] != b"workflow.step_waiting":
+                        continue
+                    data = orjson.loads(fields[b"data"])
+                    flt = data["filter"]
+                    await self.client.publish(data["event_type"], {**flt, "result": "done"})
+                    self.published += 1
+
+
+def check_history(history: list[dict[str, Any]]) -> None:
+    """Versions are 1..n; every step event names its step and attempt; no step
+    attempt is scheduled or completed twice."""
+    assert [e["version"] for e in history] == list(range(1, len(history) + 1))
+    completed: Counter[tuple[str, int]] = Counter()
+    scheduled: Counter[tuple[str, int]] = Counter()
+    for e in history:
+        if e["type"].startswith("workflow.step_"):
+            assert "step" in e["data"] and "attempt" in e["data"], e
+        key = (e["data"].get("step"), e["data"].get("attempt"))
+        if e["type"] == "workflow.step_completed":
+            completed[key] += 1
+        if e["type"] in ("workflow.step_scheduled", "workflow.step_waiting"):
+            scheduled[key] += 1
+    assert all(n == 1 for n in completed.values()), completed
+    assert all(n == 1 for n in scheduled.values()), scheduled
+    # completed and cancelled are final: at most one, and only refusals follow it
+    for i, e in enumerate(history):
+        if e["type"] in ("workflow.completed", "workflow.cancelled"):
+            after = {x["type"] for x in history[i + 1:]}
+            assert after <= {"workflow.command_rejected"}, (e, after)
