@@ -13,7 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
+import fakeredis
 import pytest
+import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -80,3 +82,13 @@ def fake_settings(prefix: str) -> Settings:
 @pytest.fixture
 def agent_example() -> bytes:
     return (EXAMPLES / "agent-task-execution.json").read_bytes()
+
+
+@pytest.fixture(params=["real", "fake"])
+def cluster_backend(request: pytest.FixtureRequest, prefix: str) -> tuple[Callable[[], aioredis.Redis], Settings]:
+    base = dict(prefix=prefix, partitions=4, block_ms=50, timer_poll_ms=20, claim_idle_ms=1_000)
+    if request.param == "real":
+        url = request.getfixturevalue("redis_url")
+        return (lambda: aioredis.Redis.from_url(url)), Settings(redis_url=url, **base)  # type: ignore[arg-type]
+    server = fakeredis.FakeServer()
+    return (lambda: fakeredis.FakeAsyncRedis(server=server)), Settings(**base)  # type: ignore[arg-type]

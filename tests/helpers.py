@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import redis.asyncio as aioredis
 
+import engine.demo_handlers  # noqa: F401 - registers the simulated services
+from engine.activities import ActivityWorker
 from engine.client import Client
+from engine.config import Settings
 from engine.keys import Keys
+from engine.worker import EngineWorker
 
 
 class AgentSimulator:
@@ -26,6 +30,7 @@ class AgentSimulator:
         self.client = client
         self.keys = keys
         self.published = 0
+        self.completed: set[str] = set()
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -39,6 +44,8 @@ class AgentSimulator:
                 name = stream.decode() if isinstance(stream, bytes) else stream
                 for entry_id, fields in entries:
                     cursors[name] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    if fields[b"type"] == b"workflow.completed":
+                        self.completed.add(fields[b"id"].decode())
                     if fields[b"type"] != b"workflow.step_waiting":
                         continue
                     data = orjson.loads(fields[b"data"])
@@ -68,3 +75,34 @@ def check_history(history: list[dict[str, Any]]) -> None:
         if e["type"] in ("workflow.completed", "workflow.cancelled"):
             after = {x["type"] for x in history[i + 1:]}
             assert after <= {"workflow.command_rejected"}, (e, after)
+
+
+class Cluster:
+    """Two engine workers, one activity worker and the agent simulator."""
+
+    def __init__(self, factory: Callable[[], aioredis.Redis], settings: Settings) -> None:
+        self.factory = factory
+        self.settings = settings
+        self.client = Client(factory(), settings)
+        self.workers = [EngineWorker(factory(), settings) for _ in range(2)]
+        self.activities = ActivityWorker(factory(), settings)
+        self.agents = AgentSimulator(factory(), self.client, Keys(settings.prefix, settings.partitions))
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def __aenter__(self) -> "Cluster":
+        for w in self.workers:
+            await w.prepare()
+        runners = [w.run() for w in self.workers] + [self.activities.run(), self.agents.run()]
+        self.tasks = [asyncio.create_task(r) for r in runners]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for w in self.workers:
+            w.stop()
+        self.activities.stop()
+        self.agents.stop()
+        results = await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.client.close()
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                raise r

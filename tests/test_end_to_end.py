@@ -3,67 +3,16 @@ activity worker in this process, on a real redis-server and on fakeredis."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
-import fakeredis
-import pytest
-import redis.asyncio as aioredis
-
-import engine.demo_handlers  # noqa: F401 - registers the simulated services
-from engine.activities import ActivityWorker
-from engine.client import Client
-from engine.config import Settings
 from engine.keys import Keys
-from engine.worker import EngineWorker
 
 from .conftest import eventually, run
-from .helpers import AgentSimulator, check_history
+from .helpers import Cluster, check_history
 
 
-class Cluster:
-    """Two engine workers, one activity worker and the agent simulator."""
-
-    def __init__(self, factory: Callable[[], aioredis.Redis], settings: Settings) -> None:
-        self.factory = factory
-        self.settings = settings
-        self.client = Client(factory(), settings)
-        self.workers = [EngineWorker(factory(), settings) for _ in range(2)]
-        self.activities = ActivityWorker(factory(), settings)
-        self.agents = AgentSimulator(factory(), self.client, Keys(settings.prefix, settings.partitions))
-        self.tasks: list[asyncio.Task[Any]] = []
-
-    async def __aenter__(self) -> "Cluster":
-        for w in self.workers:
-            await w.prepare()
-        runners = [w.run() for w in self.workers] + [self.activities.run(), self.agents.run()]
-        self.tasks = [asyncio.create_task(r) for r in runners]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for w in self.workers:
-            w.stop()
-        self.activities.stop()
-        self.agents.stop()
-        results = await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.client.close()
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                raise r
-
-
-@pytest.fixture(params=["real", "fake"])
-def backend(request: pytest.FixtureRequest, prefix: str) -> tuple[Callable[[], aioredis.Redis], Settings]:
-    base = dict(prefix=prefix, partitions=4, block_ms=50, timer_poll_ms=20, claim_idle_ms=1_000)
-    if request.param == "real":
-        url = request.getfixturevalue("redis_url")
-        return (lambda: aioredis.Redis.from_url(url)), Settings(redis_url=url, **base)  # type: ignore[arg-type]
-    server = fakeredis.FakeServer()
-    return (lambda: fakeredis.FakeAsyncRedis(server=server)), Settings(**base)  # type: ignore[arg-type]
-
-
-def test_agent_example_runs_end_to_end(backend: Any, agent_example: bytes) -> None:
-    factory, settings = backend
+def test_agent_example_runs_end_to_end(cluster_backend: Any, agent_example: bytes) -> None:
+    factory, settings = cluster_backend
 
     async def scenario() -> None:
         async with Cluster(factory, settings) as c:
@@ -101,8 +50,8 @@ def test_agent_example_runs_end_to_end(backend: Any, agent_example: bytes) -> No
     run(scenario())
 
 
-def test_cancel_pause_resume_and_rejections(backend: Any, agent_example: bytes) -> None:
-    factory, settings = backend
+def test_cancel_pause_resume_and_rejections(cluster_backend: Any, agent_example: bytes) -> None:
+    factory, settings = cluster_backend
 
     async def scenario() -> None:
         async with Cluster(factory, settings) as c:
@@ -141,8 +90,8 @@ def test_cancel_pause_resume_and_rejections(backend: Any, agent_example: bytes) 
     run(scenario())
 
 
-def test_event_wait_times_out_and_notifies(backend: Any) -> None:
-    factory, settings = backend
+def test_event_wait_times_out_and_notifies(cluster_backend: Any) -> None:
+    factory, settings = cluster_backend
     definition = {
         "name": "short-wait", "version": "1",
         "definition": {
@@ -177,8 +126,8 @@ def test_event_wait_times_out_and_notifies(backend: Any) -> None:
     run(scenario())
 
 
-def test_retry_a_failed_instance(backend: Any) -> None:
-    factory, settings = backend
+def test_retry_a_failed_instance(cluster_backend: Any) -> None:
+    factory, settings = cluster_backend
     definition = {"name": "fails-once", "version": "1", "definition": {"steps": [
         {"name": "a", "step_type": "service_call", "service": "agent-orchestrator", "endpoint": "/x"},
     ]}}
