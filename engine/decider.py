@@ -168,8 +168,7 @@ class _Decision:
             payload = render(step.input, scope) if step.input is not None else {}
         except (MissingValue, TemplateError) as exc:
             error = StepError(message=f"cannot render step {step.name!r}: {_reason(exc)}", retryable=False, kind="template")
-            self.emit(StepFailed(step=step.name, attempt=attempt, error=error))
-            self.after_final_failure(step, attempt, error)
+            self.fail_step(step.name, attempt, error)
             return
         self.emit(
             StepScheduled(

@@ -99,6 +99,7 @@ def _scheduled(s: State, e: StepScheduled, ts: int | None) -> None:
         retry_at=None,
         timeout_at=e.timeout_at,
         started_ms=prev.started_ms if prev.started_ms is not None else ts,
+        finished_ms=None,
     )
 
 
@@ -113,6 +114,7 @@ def _waiting(s: State, e: StepWaiting, ts: int | None) -> None:
         retry_at=None,
         timeout_at=e.timeout_at,
         started_ms=prev.started_ms if prev.started_ms is not None else ts,
+        finished_ms=None,
     )
 
 

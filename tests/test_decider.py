@@ -712,3 +712,11 @@ def test_plan_disarms_waits_timeouts_and_retries_on_cancel() -> None:
 def test_plan_for_a_stale_command_is_empty() -> None:
     state = given(RETRIED_PREP)
     assert not plan(state, when(state, complete(PREP, 1)), KEYS, P)
+
+
+def test_a_step_rescheduled_by_a_workflow_retry_is_no_longer_finished() -> None:
+    # A retrying step has no finished_ms (evolve clears it); a rescheduled one should not keep the old one either.
+    events, state = decide_and_fold(given(PREP_FAILED), env(RetryWorkflow()), AGENT, NOW)
+    assert events == [WorkflowRetried(steps=[PREP]), prep(2)]
+    assert state.step(PREP).status == "scheduled"
+    assert state.step(PREP).finished_ms is None
