@@ -128,7 +128,7 @@ class ActivityWorker:
                     entries = await self.reader.read(min(free, self.settings.batch_size), self.settings.block_ms)
                     if loop.time() - last_reclaim > max(0.2, min(self.settings.task_claim_idle_ms, 20_000) / 2000):
                         last_reclaim = loop.time()
-                        entries += [e for e, _ in await self.reader.reclaim(self.settings.task_claim_idle_ms)]
+                        entries += await self._reclaim()
                     for entry in entries:
                         await self._slots.acquire()
                         task = asyncio.create_task(self._run_one(entry))
@@ -144,6 +144,17 @@ class ActivityWorker:
             # pending and is redelivered after the claim idle time.
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _reclaim(self) -> list[Entry]:
+        """Tasks a dead worker held; one that keeps killing its workers is dead-lettered."""
+        fresh = []
+        limit = self.settings.max_deliveries
+        for entry, n in await self.reader.reclaim(self.settings.task_claim_idle_ms):
+            if n > limit:
+                await self._dead_letter(entry, f"delivered {n} times (limit {limit}): no worker finished it", n)
+            else:
+                fresh.append(entry)
+        return fresh
 
     def _free_slots(self) -> int:
         return self.settings.concurrency - len(self._running)
@@ -203,13 +214,11 @@ class ActivityWorker:
                 "message": f"result is {len(body)} bytes, over the limit of {self.settings.max_payload_bytes}",
                 "retryable": False, "kind": "handler"}})
             command = "step.failed"
-        if task.kind == "notification":
-            # A notification's outcome is not a step result: acknowledge only.
-            await self._ack(task)
-            return
+        # A notification's outcome is not a step result: it is acknowledged only.
+        answer = "" if task.kind == "notification" else command
         result = await self.store.run(
             "complete_task", [task.queue_key, task.reply_to],
-            [ACTIVITY_GROUP, self.consumer, task.entry_id, command, task.instance_id, body, f"res:{task.task_id}"],
+            [ACTIVITY_GROUP, self.consumer, task.entry_id, answer, task.instance_id, body, f"res:{task.task_id}"],
         )
         if isinstance(result, int) and result < 0:
             self.stale += 1
@@ -219,18 +228,11 @@ class ActivityWorker:
         else:
             self.failed += 1
 
-    async def _ack(self, task: Task) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(task.queue_key, ACTIVITY_GROUP, task.entry_id)
-        pipe.xdel(task.queue_key, task.entry_id)
-        await pipe.execute()
-        self.completed += 1
-
-    async def _dead_letter(self, entry: Entry, reason: str) -> None:
+    async def _dead_letter(self, entry: Entry, reason: str, deliveries: int = 1) -> None:
         stream, entry_id, fields = entry
-        p = int(stream[len(self.keys.prefix) + 2: stream.index("}")])
+        p = self.keys.stream_partition(stream)
         await self.store.dead_letter_many(
-            [(stream, self.keys.dlq(p), ACTIVITY_GROUP, entry_id, reason, fields, 1)], self.consumer,
+            [(stream, self.keys.dlq(p), ACTIVITY_GROUP, entry_id, reason, fields, deliveries)], self.consumer,
             time.time_ns() // 1_000_000,
         )
         log.warning("dead-lettered task %s: %s", entry_id, reason)

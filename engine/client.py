@@ -107,7 +107,7 @@ class Client:
         body = orjson.dumps(dict(data))
         if len(body) > self.settings.max_payload_bytes:
             raise InvalidInput(f"event data is {len(body)} bytes, over the limit of {self.settings.max_payload_bytes}")
-        fields: dict[str, Any] = {"type": type_, "data": body}
+        fields: dict[Any, Any] = {"type": type_, "data": body}
         if correlation_id:
             fields["correlation_id"] = correlation_id
         entry = await self.redis.xadd(self.keys.events, fields)
@@ -143,15 +143,11 @@ class Client:
     async def wait(self, instance_id: str, timeout: float = 30.0, statuses: frozenset[str] = FINAL_STATUSES) -> State:
         """Until the instance reaches one of statuses; blocks on its stream, not a poll loop."""
         deadline = time.monotonic() + timeout
-        key = self.keys.instance(instance_id)
-        last = "0-0"
+        last: str | None = None
         state = INITIAL
         while True:
-            entries = await self.redis.xrange(key, min=f"({last}" if last != "0-0" else "-", max="+")
-            if entries:
-                from .store import _decode_stored
-
-                stored = [_decode_stored(instance_id, eid, f) for eid, f in entries]
+            stored = await self.store.read_events(instance_id, after=last)
+            if stored:
                 state = fold_stored(state, ((e, ts) for _, e, ts in stored))
                 last = stored[-1][0]
             if state.status in statuses:
@@ -159,7 +155,8 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise asyncio.TimeoutError(f"instance {instance_id!r} is {state.status} after {timeout}s")
-            await self.redis.xread({key: last}, block=max(1, int(min(remaining, 1.0) * 1000)))
+            await self.redis.xread({self.keys.instance(instance_id): last or "0-0"},
+                                   block=max(1, int(min(remaining, 1.0) * 1000)))
 
 
 def status_view(state: State, step_names: list[str]) -> dict[str, Any]:

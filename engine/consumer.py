@@ -7,15 +7,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import StoreUnavailable
+from .store import TRANSIENT
 
 # One entry as read: (stream key, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def _s(v: bytes | str) -> str:
@@ -49,7 +47,7 @@ class GroupReader:
         while True:
             try:
                 reply = await self.redis.xautoclaim(stream, self.group, self.consumer, 0, cursor, count=count)
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable claiming {stream}: {exc}") from exc
             claimed = [(stream, _s(eid), fields) for eid, fields in reply[1] if fields is not None]
             if claimed:
@@ -66,7 +64,7 @@ class GroupReader:
             reply = await self.redis.xreadgroup(
                 self.group, self.consumer, {s: ">" for s in self.streams}, count=count, block=block_ms
             )
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
@@ -86,7 +84,7 @@ class GroupReader:
                 if "NOGROUP" in str(exc):
                     continue
                 raise
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable reclaiming {stream}: {exc}") from exc
             self._cursors[stream] = _s(reply[0])
             claimed = [(stream, _s(eid), fields) for eid, fields in reply[1] if fields is not None]
@@ -97,16 +95,16 @@ class GroupReader:
         return out
 
     async def delivery_counts(self, stream: str, ids: list[str]) -> dict[str, int]:
-        rows = await self.redis.xpending_range(
-            stream, self.group, min=min(ids, key=_id_key), max=max(ids, key=_id_key),
-            count=len(ids) * 2 + 10, consumername=self.consumer,
-        )
-        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+        """Each entry's delivery count, asked one entry at a time (pipelined): a
+        range query over the ids would be cut short by this consumer's own other
+        pending entries in between."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xpending_range(stream, self.group, min=entry_id, max=entry_id, count=1)
+        rows: Any = await pipe.execute()
+        return {
+            _s(found[0]["message_id"]): int(found[0]["times_delivered"]) for found in rows if found
+        }
 
 
 def _entries(reply: Any) -> list[Entry]:

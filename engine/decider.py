@@ -233,6 +233,10 @@ class _Decision:
             )
         )
 
+    def deadline(self) -> int | None:
+        timeout = self.definition.timeout_ms
+        return self.now + timeout if timeout else None
+
     # -- template scope ----------------------------------------------------
     def scope(self) -> dict[str, Any]:
         s = self.state
@@ -277,7 +281,7 @@ def _start(d: _Decision, cmd: StartWorkflow) -> None:
             correlation_id=cmd.correlation_id,
         )
     )
-    d.emit(WorkflowStarted())
+    d.emit(WorkflowStarted(timeout_at=d.deadline()))
     d.advance()
 
 
@@ -315,6 +319,13 @@ def _event(d: _Decision, cmd: DeliverEvent) -> None:
 
 
 def _timer(d: _Decision, cmd: FireTimer) -> None:
+    if cmd.kind == "workflow_timeout":
+        if d.state.status in (STATUS_RUNNING, STATUS_PAUSED) and d.state.timeout_at is not None:
+            error = StepError(
+                message=f"workflow timed out after {d.definition.timeout_ms} ms", retryable=False, kind="timeout"
+            )
+            d.emit(WorkflowFailed(error=error))
+        return
     if cmd.kind == "retry":
         st = d.state.step(cmd.step)
         if d.state.status == STATUS_RUNNING and st.status == STEP_RETRYING and st.attempt == cmd.attempt:
@@ -362,7 +373,7 @@ def _retry(d: _Decision, cmd: RetryWorkflow) -> None:
         d.reject(f"cannot retry an instance that is {d.state.status}")
         return
     failed = [n for n, st in d.state.steps.items() if st.status == STEP_FAILED and not st.continued]
-    d.emit(WorkflowRetried(steps=failed))
+    d.emit(WorkflowRetried(steps=failed, timeout_at=d.deadline()))
     for name in failed:
         d.dispatch(d.definition.step(name), d.state.step(name).attempt + 1)
         if d.state.status != STATUS_RUNNING:

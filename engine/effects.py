@@ -20,7 +20,11 @@ from .model import (
     StepWaiting,
     TaskData,
     WorkflowCancelled,
+    WorkflowCompleted,
     WorkflowCreated,
+    WorkflowFailed,
+    WorkflowRetried,
+    WorkflowStarted,
     encode,
 )
 
@@ -62,10 +66,21 @@ def plan(before: State, events: list[Event], keys: Keys, p: int) -> Effects:
     retries: dict[str, int] = {n: st.attempt for n, st in before.steps.items() if st.retry_at is not None}
     context: dict[str, Any] = before.context
     workflow, correlation_id = before.workflow, before.correlation_id
+    deadline = before.timeout_at
     for e in events:
         if isinstance(e, WorkflowCreated):
             iid, context = e.instance_id, e.context
             workflow, correlation_id = e.workflow, e.correlation_id
+        elif isinstance(e, (WorkflowStarted, WorkflowRetried)):
+            if e.timeout_at is not None:
+                if deadline is not None:
+                    fx.timers_rem.append(timer_member(iid, "workflow_timeout", "", 0))
+                fx.timers_add.append((e.timeout_at, timer_member(iid, "workflow_timeout", "", 0)))
+                deadline = e.timeout_at
+        elif isinstance(e, (WorkflowCompleted, WorkflowFailed)):
+            if deadline is not None:
+                fx.timers_rem.append(timer_member(iid, "workflow_timeout", "", 0))
+                deadline = None
         elif isinstance(e, StepScheduled):
             data = TaskData(
                 service=e.queue, endpoint=e.endpoint, input=e.input, context=context,
@@ -98,6 +113,9 @@ def plan(before: State, events: list[Event], keys: Keys, p: int) -> Effects:
             )
             fx.tasks.append((keys.tasks(p, e.queue), e.task_id, e.step, e.attempt, encode(data)))
         elif isinstance(e, WorkflowCancelled):
+            if deadline is not None:
+                fx.timers_rem.append(timer_member(iid, "workflow_timeout", "", 0))
+                deadline = None
             for step in list(waits) + list(timeouts):
                 _disarm(fx, keys, p, iid, step, waits, timeouts)
             for step, attempt in retries.items():

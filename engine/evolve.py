@@ -86,6 +86,7 @@ def _created(s: State, e: WorkflowCreated, ts: int | None) -> None:
 
 def _started(s: State, e: WorkflowStarted, ts: int | None) -> None:
     s.status = STATUS_RUNNING
+    s.timeout_at = e.timeout_at
 
 
 def _scheduled(s: State, e: StepScheduled, ts: int | None) -> None:
@@ -165,6 +166,7 @@ def _retried(s: State, e: WorkflowRetried, ts: int | None) -> None:
     s.error = None
     s.failed_step = None
     s.finished_ms = None
+    s.timeout_at = e.timeout_at
     for name in e.steps:
         prev = s.step(name)
         s.steps[name] = replace(prev, budget_from=prev.attempt, handler_retries=0, continued=False)
@@ -174,6 +176,7 @@ def _wf_completed(s: State, e: WorkflowCompleted, ts: int | None) -> None:
     s.status = STATUS_COMPLETED
     s.output = e.output
     s.finished_ms = ts
+    s.timeout_at = None
 
 
 def _wf_failed(s: State, e: WorkflowFailed, ts: int | None) -> None:
@@ -181,11 +184,13 @@ def _wf_failed(s: State, e: WorkflowFailed, ts: int | None) -> None:
     s.error = e.error
     s.failed_step = e.step
     s.finished_ms = ts
+    s.timeout_at = None
 
 
 def _cancelled(s: State, e: WorkflowCancelled, ts: int | None) -> None:
     s.status = STATUS_CANCELLED
     s.finished_ms = ts
+    s.timeout_at = None
     for name, st in list(s.steps.items()):
         if st.status in (STEP_WAITING, STEP_RETRYING, STEP_SCHEDULED):
             s.steps[name] = replace(st, wait=None, timeout_at=None, retry_at=None)

@@ -99,9 +99,11 @@ class Keys:
     def all_inboxes(self) -> list[str]:
         return [self.inbox(p) for p in range(self.partitions)]
 
-    def inbox_partition(self, key: str) -> int:
-        """Partition of an inbox key as read back from XREADGROUP."""
+    def stream_partition(self, key: str) -> int:
+        """Partition of a partition key (inbox, task stream) as read back from XREADGROUP."""
         return int(key[len(self.prefix) + 2 : key.index("}")])
+
+    inbox_partition = stream_partition
 
 
 def filter_shape(filter_: dict[str, Any]) -> tuple[str, ...]:

@@ -23,55 +23,55 @@ class _Wire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 # --------------------------------------------------------------------------
 # Commands (the inbox)
 # --------------------------------------------------------------------------
-class Command(_Wire, tag_field="type"):
+class Command(_Wire, frozen=True, tag_field="type"):
     pass
 
 
-class StartWorkflow(Command, kw_only=True, tag="start"):
+class StartWorkflow(Command, frozen=True, kw_only=True, tag="start"):
     workflow: str
     version: str | None = None
     context: dict[str, JSON] = {}
     correlation_id: str | None = None
 
 
-class StepError(_Wire):
+class StepError(_Wire, frozen=True):
     message: str
     retryable: bool = True
     kind: str | None = None  # "timeout", "template", "handler", ...
     type: str | None = None  # exception class name, when a handler raised
 
 
-class CompleteStep(Command, kw_only=True, tag="step.completed"):
+class CompleteStep(Command, frozen=True, kw_only=True, tag="step.completed"):
     step: str
     attempt: int
     task_id: str | None = None
     output: JSON = None
 
 
-class FailStep(Command, kw_only=True, tag="step.failed"):
+class FailStep(Command, frozen=True, kw_only=True, tag="step.failed"):
     step: str
     attempt: int
     error: StepError
     task_id: str | None = None
 
 
-class CancelWorkflow(Command, kw_only=True, tag="cancel"):
+class CancelWorkflow(Command, frozen=True, kw_only=True, tag="cancel"):
     reason: str | None = None
 
 
-class PauseWorkflow(Command, kw_only=True, tag="pause"):
+class PauseWorkflow(Command, frozen=True, kw_only=True, tag="pause"):
     reason: str | None = None
 
 
-class ResumeWorkflow(Command, kw_only=True, tag="resume"):
+class ResumeWorkflow(Command, frozen=True, kw_only=True, tag="resume"):
     pass
 
 
-class RetryWorkflow(Command, kw_only=True, tag="retry"):
+class RetryWorkflow(Command, frozen=True, kw_only=True, tag="retry"):
     """Run a failed instance again: every failed step gets a fresh attempt budget."""
 
 
-class DeliverEvent(Command, kw_only=True, tag="event"):
+class DeliverEvent(Command, frozen=True, kw_only=True, tag="event"):
     """An external event routed to a waiting step (written by the router)."""
 
     step: str
@@ -82,10 +82,10 @@ class DeliverEvent(Command, kw_only=True, tag="event"):
     correlation_id: str | None = None
 
 
-class FireTimer(Command, kw_only=True, tag="timer"):
+class FireTimer(Command, frozen=True, kw_only=True, tag="timer"):
     """A durable timer that came due (moved from the timer set by a script)."""
 
-    kind: str  # "retry" | "timeout"
+    kind: str  # "retry" | "timeout" | "workflow_timeout" (step "" and attempt 0)
     step: str
     attempt: int
 
@@ -103,7 +103,7 @@ AnyCommand = Union[
 ]
 
 COMMAND_TYPES: dict[str, type[Command]] = {
-    c.__struct_config__.tag: c for c in AnyCommand.__args__  # type: ignore[attr-defined, misc]
+    c.__struct_config__.tag: c for c in AnyCommand.__args__  # type: ignore[attr-defined]
 }
 
 
@@ -123,13 +123,13 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------
 # Events (instance streams and the partition feeds)
 # --------------------------------------------------------------------------
-class Event(_Wire, tag_field="type"):
+class Event(_Wire, frozen=True, tag_field="type"):
     # The sender's cmd_id that caused this event, recorded so a resent command
     # with the same cmd_id is recognised after a reload.
     cmd: str | None = None
 
 
-class WorkflowCreated(Event, kw_only=True, tag="workflow.created"):
+class WorkflowCreated(Event, frozen=True, kw_only=True, tag="workflow.created"):
     instance_id: str
     workflow: str
     version: str
@@ -137,11 +137,11 @@ class WorkflowCreated(Event, kw_only=True, tag="workflow.created"):
     correlation_id: str | None = None
 
 
-class WorkflowStarted(Event, kw_only=True, tag="workflow.started"):
-    pass
+class WorkflowStarted(Event, frozen=True, kw_only=True, tag="workflow.started"):
+    timeout_at: int | None = None  # the workflow-level deadline (config.timeout), when there is one
 
 
-class StepScheduled(Event, kw_only=True, tag="workflow.step_scheduled"):
+class StepScheduled(Event, frozen=True, kw_only=True, tag="workflow.step_scheduled"):
     step: str
     attempt: int
     task_id: str
@@ -151,7 +151,7 @@ class StepScheduled(Event, kw_only=True, tag="workflow.step_scheduled"):
     timeout_at: int | None = None
 
 
-class StepWaiting(Event, kw_only=True, tag="workflow.step_waiting"):
+class StepWaiting(Event, frozen=True, kw_only=True, tag="workflow.step_waiting"):
     step: str
     attempt: int
     event_type: str
@@ -159,14 +159,14 @@ class StepWaiting(Event, kw_only=True, tag="workflow.step_waiting"):
     timeout_at: int | None = None
 
 
-class StepCompleted(Event, kw_only=True, tag="workflow.step_completed"):
+class StepCompleted(Event, frozen=True, kw_only=True, tag="workflow.step_completed"):
     step: str
     attempt: int
     output: JSON = None
     event_id: str | None = None  # for an event wait: the ff:events entry that satisfied it
 
 
-class StepFailed(Event, kw_only=True, tag="workflow.step_failed"):
+class StepFailed(Event, frozen=True, kw_only=True, tag="workflow.step_failed"):
     step: str
     attempt: int
     error: StepError
@@ -175,7 +175,7 @@ class StepFailed(Event, kw_only=True, tag="workflow.step_failed"):
     continued: bool = False  # final, but the error handler lets the workflow go on
 
 
-class NotificationScheduled(Event, kw_only=True, tag="workflow.notification_scheduled"):
+class NotificationScheduled(Event, frozen=True, kw_only=True, tag="workflow.notification_scheduled"):
     step: str
     attempt: int
     task_id: str
@@ -184,32 +184,33 @@ class NotificationScheduled(Event, kw_only=True, tag="workflow.notification_sche
     input: JSON = None
 
 
-class WorkflowPaused(Event, kw_only=True, tag="workflow.paused"):
+class WorkflowPaused(Event, frozen=True, kw_only=True, tag="workflow.paused"):
     reason: str | None = None
 
 
-class WorkflowResumed(Event, kw_only=True, tag="workflow.resumed"):
+class WorkflowResumed(Event, frozen=True, kw_only=True, tag="workflow.resumed"):
     pass
 
 
-class WorkflowRetried(Event, kw_only=True, tag="workflow.retried"):
+class WorkflowRetried(Event, frozen=True, kw_only=True, tag="workflow.retried"):
     steps: list[str] = []
+    timeout_at: int | None = None  # a retried run gets a fresh workflow deadline
 
 
-class WorkflowCompleted(Event, kw_only=True, tag="workflow.completed"):
+class WorkflowCompleted(Event, frozen=True, kw_only=True, tag="workflow.completed"):
     output: JSON = None
 
 
-class WorkflowFailed(Event, kw_only=True, tag="workflow.failed"):
+class WorkflowFailed(Event, frozen=True, kw_only=True, tag="workflow.failed"):
     step: str | None = None
     error: StepError | None = None
 
 
-class WorkflowCancelled(Event, kw_only=True, tag="workflow.cancelled"):
+class WorkflowCancelled(Event, frozen=True, kw_only=True, tag="workflow.cancelled"):
     reason: str | None = None
 
 
-class CommandRejected(Event, kw_only=True, tag="workflow.command_rejected"):
+class CommandRejected(Event, frozen=True, kw_only=True, tag="workflow.command_rejected"):
     command: str
     reason: str
     command_id: str | None = None
@@ -233,7 +234,7 @@ AnyEvent = Union[
 ]
 
 EVENT_TYPES: tuple[str, ...] = tuple(
-    e.__struct_config__.tag for e in AnyEvent.__args__  # type: ignore[attr-defined, misc]
+    e.__struct_config__.tag for e in AnyEvent.__args__  # type: ignore[attr-defined]
 )
 
 
@@ -322,6 +323,7 @@ class State(msgspec.Struct, kw_only=True):
     created_ms: int | None = None
     updated_ms: int | None = None
     finished_ms: int | None = None
+    timeout_at: int | None = None
     seen: frozenset[str] = frozenset()
 
     def step(self, name: str) -> StepState:

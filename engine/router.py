@@ -21,7 +21,7 @@ from .config import Settings
 from .consumer import Entry, GroupReader
 from .errors import StoreUnavailable
 from .keys import ROUTER_GROUP, Keys
-from .store import Store
+from .store import TRANSIENT, Store
 
 log = logging.getLogger("foldflow.router")
 
@@ -80,18 +80,18 @@ class EventRouter:
             await self._dead_letter(bad)
         commands = await self._match(decoded)
         pipe = self.redis.pipeline(transaction=False)
-        for p, fields in commands:
-            pipe.xadd(self.keys.inbox(p), fields)
+        for p, command in commands:
+            pipe.xadd(self.keys.inbox(p), command)
         if decoded:
             pipe.xack(self.keys.events, ROUTER_GROUP, *[d[0] for d in decoded])
         try:
             await pipe.execute()
-        except (ConnectionError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        except TRANSIENT as exc:
+            raise StoreUnavailable(f"redis unavailable routing events: {exc}") from exc
         self.routed += len(commands)
         return len(commands)
 
-    async def _match(self, decoded: list[tuple[str, str, dict[str, Any], str | None]]) -> list[tuple[int, dict[str, Any]]]:
+    async def _match(self, decoded: list[tuple[str, str, dict[str, Any], str | None]]) -> list[tuple[int, dict[Any, Any]]]:
         P = self.keys.partitions
         types = sorted({etype for _, etype, _, _ in decoded})
         if not types:
@@ -116,7 +116,7 @@ class EventRouter:
                         lookups.append((p, entry_id, etype, data, corr))
         if not lookups:
             return []
-        commands = []
+        commands: list[tuple[int, dict[Any, Any]]] = []
         for (p, entry_id, etype, data, corr), members in zip(lookups, await pipe.execute()):
             for member in members:
                 iid, step, attempt = orjson.loads(member)

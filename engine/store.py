@@ -22,7 +22,7 @@ from .keys import Keys
 from .model import INITIAL, Event, State, decode_event, encode
 
 SCRIPTS = Path(__file__).parent / "scripts"
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Script:
@@ -106,7 +106,7 @@ class Store:
                 # The script cache is volatile (restart, failover, SCRIPT FLUSH).
                 await self.redis.script_load(script.source)
                 return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
 
     async def run_many(self, name: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
@@ -125,7 +125,7 @@ class Store:
                 for i in missing:
                     keys, args = calls[i]
                     results[i] = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
         for r in results:
             if isinstance(r, Exception):
@@ -154,8 +154,8 @@ class Store:
     # -- instance streams ---------------------------------------------------
     async def read_events(self, instance_id: str, after: str | None = None) -> list[tuple[str, Event, int]]:
         key = self.keys.instance(instance_id)
-        entries = await self.redis.xrange(key, min=f"({after}" if after else "-", max="+")
-        return [_decode_stored(instance_id, eid, fields) for eid, fields in entries]
+        entries: Any = await self.redis.xrange(key, min=f"({after}" if after else "-", max="+")
+        return [decode_stored(instance_id, eid, fields) for eid, fields in entries]
 
     async def load_many(
         self, wanted: Sequence[tuple[str, State, str | None]]
@@ -166,12 +166,12 @@ class Store:
             pipe.xrange(self.keys.instance(iid), min=f"({after}" if after else "-", max="+")
         try:
             replies = await pipe.execute()
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable loading instances: {exc}") from exc
         out: list[tuple[State, str | None] | PoisonMessage] = []
         for (iid, state, after), entries in zip(wanted, replies):
             try:
-                stored = [_decode_stored(iid, eid, fields) for eid, fields in entries]
+                stored = [decode_stored(iid, eid, fields) for eid, fields in entries]
             except PoisonMessage as exc:
                 out.append(exc)
                 continue
@@ -239,7 +239,7 @@ class Store:
         """items: (source stream, dlq, group, entry id, reason, original fields, deliveries)."""
         calls = []
         for source, dlq, group, entry_id, reason, fields, deliveries in items:
-            original = orjson.dumps({s(k): s(v) if _utf8(v) else repr(v) for k, v in fields.items()})
+            original = orjson.dumps({_text(k): _text(v) for k, v in fields.items()})
             calls.append(([source, dlq], [group, consumer, entry_id, reason, ts, original, deliveries]))
         await self.run_many("dead_letter", calls)
 
@@ -270,25 +270,26 @@ class Store:
             if latest is None:
                 return None
             version = s(latest)
-        body = await self.redis.hget(key, f"v:{version}")
-        return None if body is None else (version, body)
+        body: Any = await self.redis.hget(key, f"v:{version}")
+        return None if body is None else (version, bytes(body))
 
     async def definition_versions(self, name: str) -> list[str]:
         fields = await self.redis.hkeys(self.keys.definition(name))
         return [s(f)[2:] for f in fields if s(f).startswith("v:")]
 
 
-def _utf8(value: bytes | str) -> bool:
+def _text(value: bytes | str) -> str:
+    """A field as text for a dead letter: UTF-8 as is, anything else as its repr."""
     if isinstance(value, str):
-        return True
+        return value
     try:
-        value.decode()
+        return value.decode()
     except UnicodeDecodeError:
-        return False
-    return True
+        return repr(value)
 
 
-def _decode_stored(instance_id: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> tuple[str, Event, int]:
+def decode_stored(instance_id: str, entry_id: bytes | str, fields: Any) -> tuple[str, Event, int]:
+    """One instance stream entry -> (entry id, event, ts); PoisonMessage when unreadable."""
     try:
         return s(entry_id), decode_event(fields[b"data"]), int(fields[b"ts"])
     except Exception as exc:  # noqa: BLE001 - any defect in a stored entry is the same poison

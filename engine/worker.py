@@ -69,15 +69,21 @@ class StateCache:
 
 
 class Stats:
-    __slots__ = ("commands", "events", "ignored", "conflicts", "not_owner", "fenced", "dead_lettered", "reclaimed",
-                 "batches")
+    """What one engine worker did, for logs, tests and (later) metrics."""
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        self.commands = 0  # inbox entries read
+        self.events = 0  # events appended
+        self.ignored = 0  # commands that changed nothing (repeats, late results)
+        self.conflicts = 0  # appends refused on version: caught up and decided again
+        self.not_owner = 0  # entries reclaimed by another worker while we held them
+        self.fenced = 0  # appends refused because the partition's lease moved on
+        self.dead_lettered = 0
+        self.reclaimed = 0
+        self.batches = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return dict(vars(self))
 
 
 class EngineWorker:

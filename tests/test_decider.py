@@ -720,3 +720,45 @@ def test_a_step_rescheduled_by_a_workflow_retry_is_no_longer_finished() -> None:
     assert events == [WorkflowRetried(steps=[PREP]), prep(2)]
     assert state.step(PREP).status == "scheduled"
     assert state.step(PREP).finished_ms is None
+
+
+# ---------------------------------------------------------------------------
+# The workflow-level deadline (config.timeout)
+# ---------------------------------------------------------------------------
+TIMED = parse_definition({
+    "apiVersion": "workflow/v1", "kind": "Workflow", "metadata": {"name": "timed", "version": "1"},
+    "spec": {"config": {"timeout": "30m"}, "steps": [
+        {"name": "a", "type": "service_call", "config": {"service": "svc"}},
+    ]},
+})
+THIRTY_MIN = 30 * 60_000
+
+
+def test_a_workflow_timeout_arms_a_deadline_at_start() -> None:
+    events = when(INITIAL, StartWorkflow(workflow="timed"), TIMED, now=T0)
+    assert events[1] == WorkflowStarted(timeout_at=T0 + THIRTY_MIN)
+    fx = plan(INITIAL, events, Keys(), 0)
+    assert (T0 + THIRTY_MIN, timer_member(IID, "workflow_timeout", "", 0)) in fx.timers_add
+
+
+def test_the_deadline_fails_a_running_workflow() -> None:
+    state = run(TIMED)
+    events = when(state, FireTimer(kind="workflow_timeout", step="", attempt=0), TIMED)
+    assert events == [WorkflowFailed(error=StepError(message=f"workflow timed out after {THIRTY_MIN} ms",
+                                                     retryable=False, kind="timeout"))]
+
+
+def test_the_deadline_is_disarmed_when_the_workflow_completes() -> None:
+    state = run(TIMED)
+    events, after = decide_and_fold(state, env(CompleteStep(step="a", attempt=1, output={})), TIMED, NOW)
+    assert after.status == "completed"
+    assert timer_member(IID, "workflow_timeout", "", 0) in plan(state, events, Keys(), 0).timers_rem
+    # a late deadline changes nothing
+    assert when(after, FireTimer(kind="workflow_timeout", step="", attempt=0), TIMED) == []
+
+
+def test_a_retried_run_gets_a_fresh_deadline() -> None:
+    state = run(TIMED, FailStep(step="a", attempt=1, error=FATAL))
+    assert state.status == "failed"
+    events = when(state, RetryWorkflow(), TIMED)
+    assert events[0] == WorkflowRetried(steps=["a"], timeout_at=NOW + THIRTY_MIN)

@@ -87,12 +87,12 @@ def test_malformed_tasks_and_events_are_dead_lettered(cluster_backend: Any, agen
             c.agents.stop()
             r = c.client.redis
             definition, _ = await c.client.register(agent_example)
-            await r.xadd(keys.tasks(0, "planning-system"), {"task_id": "t", "id": "x", "step": "s",
-                                                            "attempt": "one", "reply_to": keys.inbox(0),
-                                                            "data": "{}"})
-            await r.xadd(keys.tasks(0, "planning-system"), {"task_id": "t", "id": "x", "step": "s",
-                                                            "attempt": "1", "reply_to": keys.inbox(0),
-                                                            "data": "[]"})
+            bad_attempt = (await r.xadd(keys.tasks(0, "planning-system"), {
+                "task_id": "t", "id": "x", "step": "s", "attempt": "one", "reply_to": keys.inbox(0),
+                "data": "{}"})).decode()
+            bad_data = (await r.xadd(keys.tasks(0, "planning-system"), {
+                "task_id": "t", "id": "x", "step": "s", "attempt": "1", "reply_to": keys.inbox(0),
+                "data": "[]"})).decode()
             await r.xadd(keys.events, {"data": "{}"})
             await r.xadd(keys.events, {"type": "agent.task_completed", "data": "[1, 2]"})
             await r.xadd(keys.events, {"type": "agent.task_completed", "data": "{oops"})
@@ -101,9 +101,9 @@ def test_malformed_tasks_and_events_are_dead_lettered(cluster_backend: Any, agen
                 entries = await r.xrange(keys.dlq(0))
                 return entries if len(entries) >= 2 else []
 
-            reasons = [f[b"reason"].decode() for _, f in await eventually(task_dlq)]
-            assert "'attempt' is not an integer" in reasons[0]
-            assert "invalid task data" in reasons[1]
+            by_entry = {f[b"entry_id"].decode(): f[b"reason"].decode() for _, f in await eventually(task_dlq)}
+            assert "'attempt' is not an integer" in by_entry[bad_attempt]
+            assert "invalid task data" in by_entry[bad_data]
 
             async def event_dlq() -> list[Any]:
                 entries = await r.xrange(f"{keys.events}:dlq")

@@ -34,7 +34,7 @@ from engine.model import (
     decode_event,
     encode,
 )
-from engine.store import CONFLICT, NOT_OWNER, OK, AppendRequest, AppendResult, Store
+from engine.store import CONFLICT, FENCED, NOT_OWNER, OK, AppendRequest, AppendResult, Store
 
 from .conftest import eventually, run
 
@@ -131,8 +131,8 @@ def req(
     return AppendRequest(iid, p, expected, entry_ids, events, effects or Effects(), TS)
 
 
-async def append1(store: Store, r_: AppendRequest, consumer: str = "c1") -> AppendResult:
-    [result] = await store.append_many([r_], ENGINE_GROUP, consumer)
+async def append1(store: Store, r_: AppendRequest, consumer: str = "c1", fenced: bool = False) -> AppendResult:
+    [result] = await store.append_many([r_], ENGINE_GROUP, consumer, fenced=fenced)
     return result
 
 
@@ -318,6 +318,37 @@ def test_append_many_answers_each_request_in_order(backend: Backend, prefix: str
     run(go())
 
 
+def test_fenced_append_needs_the_partition_lease(backend: Backend, prefix: str) -> None:
+    async def go() -> None:
+        async with opened(backend, prefix) as (r, store):
+            k = store.keys
+            iid = "fenced"
+            p = k.partition(iid)
+            eid = await deliver(r, store, p, iid)
+            fx = Effects()
+            fx.timers_add.append((TS, timer_member(iid, "retry", "s", 1)))
+            watched = [k.instance(iid), k.feed(p), k.timers(p)]
+
+            # no lease at all, then someone else's lease: refused, nothing written, entry not acked
+            result = await append1(store, req(iid, p, 0, [eid], [WorkflowStarted()], fx), fenced=True)
+            assert (result.status, result.entry_id) == (FENCED, "")
+            assert await store.leases("acquire", [p], "c2", 60_000) == [True]
+            assert await store.leases("acquire", [p], "c1", 60_000) == [False]
+            result = await append1(store, req(iid, p, 0, [eid], [WorkflowStarted()], fx), fenced=True)
+            assert (result.status, result.entry_id) == (FENCED, "c2")
+            assert await lengths(r, *watched) == [0, 0, 0]
+            assert await owner(r, k.inbox(p), ENGINE_GROUP, eid) == "c1"
+
+            assert await store.leases("release", [p], "c1", 0) == [False]  # not c1's to release
+            assert await store.leases("release", [p], "c2", 0) == [True]
+            assert await store.leases("acquire", [p], "c1", 60_000) == [True]
+            result = await append1(store, req(iid, p, 0, [eid], [WorkflowStarted()], fx), fenced=True)
+            assert (result.status, result.version) == (OK, 1)
+            assert await owner(r, k.inbox(p), ENGINE_GROUP, eid) is None
+
+    run(go())
+
+
 # --------------------------------------------------------------------------
 # concurrent writers
 # --------------------------------------------------------------------------
@@ -451,12 +482,13 @@ def test_fire_timers_moves_each_due_timer_exactly_once(backend: Backend, prefix:
             async def poller() -> int:
                 moved = 0
                 async with opened(backend, prefix) as (_, st):
-                    while True:
+                    for _ in range(100):  # 61 due timers, 3 per partition per call: ~6 calls
                         results = await st.fire_timers(limit=3)
                         n = sum(m for m, _ in results)
                         if n == 0:
                             return moved
                         moved += n
+                raise AssertionError(f"fire_timers kept moving timers ({moved} so far): are they removed?")
 
             moved = await asyncio.gather(*(poller() for _ in range(5)))
             assert sum(moved) == len(due) + 1
@@ -523,6 +555,28 @@ def test_dead_letter_moves_and_acks_only_our_entries(backend: Backend, prefix: s
             # already acked: refused too
             await store.dead_letter_many([(inbox, dlq, ENGINE_GROUP, eid, "again", original, 4)], "c1", TS)
             assert await r.xlen(dlq) == 1
+
+    run(go())
+
+
+def test_dead_letter_takes_entries_with_non_utf8_field_names(backend: Backend, prefix: str) -> None:
+    """An entry a foreign producer wrote with a binary field name is exactly what the
+    dead-letter path exists for: it must land in the dlq (and be acked), not raise."""
+
+    async def go() -> None:
+        async with opened(backend, prefix) as (r, store):
+            k = store.keys
+            inbox, dlq = k.inbox(0), k.dlq(0)
+            await store.ensure_group(inbox, ENGINE_GROUP)
+            original = {b"type": b"start", b"\xff\xfekey": b"value"}
+            eid = s(await r.xadd(inbox, original))
+            await r.xreadgroup(ENGINE_GROUP, "c1", {inbox: ">"}, count=10)
+            await store.dead_letter_many([(inbox, dlq, ENGINE_GROUP, eid, "undecodable", original, 1)], "c1", TS)
+            [(_, fields)] = await r.xrange(dlq)
+            assert s(fields[b"entry_id"]) == eid
+            kept = orjson.loads(fields[b"fields"])
+            assert kept["type"] == "start" and len(kept) == 2 and "value" in kept.values()
+            assert await owner(r, inbox, ENGINE_GROUP, eid) is None
 
     run(go())
 
@@ -666,5 +720,41 @@ def test_reclaim_carries_the_xautoclaim_cursor(backend: Backend, prefix: str) ->
             assert min(claimed.values()) >= 2
             rows = await r.xpending_range(stream, ENGINE_GROUP, min="-", max="+", count=10, consumername="dead")
             assert rows == []
+
+    run(go())
+
+
+def test_reclaim_reports_each_entrys_true_delivery_count(backend: Backend, prefix: str) -> None:
+    """The worker dead-letters by delivery count, so the count must be the real one
+    even when the claiming consumer has many young pending entries of its own
+    between the idle ones it claims (here 10 own entries around each idle one)."""
+
+    async def go() -> None:
+        async with opened(backend, prefix) as (r, store):
+            stream = store.keys.inbox(0)
+            await store.ensure_group(stream, ENGINE_GROUP)
+            pipe = r.pipeline(transaction=False)
+            for i in range(1_100):
+                pipe.xadd(stream, {"type": "start", "id": f"i{i}", "data": "{}"})
+            ids = [s(x) for x in await pipe.execute()]
+            await r.xreadgroup(ENGINE_GROUP, "dead", {stream: ">"}, count=5_000)
+            idle = ids[::11]
+            own = sorted(set(ids) - set(idle))
+            # Knobs, not sleeps: the dead consumer's entries have been idle an hour and
+            # delivered 5 times; the claimer's own entries were just delivered, once.
+            await r.xclaim(stream, ENGINE_GROUP, "alive", 0, own, idle=0, retrycount=1)
+            await r.xclaim(stream, ENGINE_GROUP, "dead", 0, idle, idle=3_600_000, retrycount=5)
+
+            reader = GroupReader(r, ENGINE_GROUP, "alive", [stream])
+            claimed = await reader.reclaim(min_idle_ms=60_000, count=100)
+            assert claimed and {e[1] for e, _ in claimed} <= set(idle)
+            truth = {
+                s(row["message_id"]): int(row["times_delivered"])
+                for row in await r.xpending_range(stream, ENGINE_GROUP, min="-", max="+", count=5_000,
+                                                  consumername="alive")
+            }
+            wrong = [(e[1], n, truth[e[1]]) for e, n in claimed if n != truth[e[1]]]
+            assert not wrong, f"{len(wrong)} of {len(claimed)} reported with a wrong count, e.g. {wrong[:3]}"
+            assert all(n == 6 for _, n in claimed)
 
     run(go())

@@ -1,0 +1,1 @@
+"""foldflow's benchmarks (run from the project root: python -m bench.throughput)."""
