@@ -171,7 +171,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="foldflow", description="Durable workflows on Redis Streams.")
-    p.add_argument("--log-level", default=os.environ.get("FOLDFLOW_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=os.environ.get("FOLDFLOW_LOG_LEVEL"),
+                   help="DEBUG, INFO, WARNING, ... (FOLDFLOW_LOG_LEVEL; default INFO, WARNING for the demo)")
     p.add_argument("--prefix", help="key prefix (FOLDFLOW_PREFIX, default ff)")
     p.add_argument("--partitions", type=int, help="partition count (FOLDFLOW_PARTITIONS, default 8)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -234,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    level = args.log_level or ("WARNING" if args.cmd == "demo" else "INFO")
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         import uvloop
