@@ -1,6 +1,7 @@
-# One image runs any role: foldflow worker | activities | projector | demo ...
-# Build stage: build the wheel (and its dependencies' wheels) with the tools it needs.
-FROM python:3.11-slim AS build
+# One image runs any role: foldflow worker | activities | projector | top | stuck | health ...
+# Build stage: the wheel of foldflow and wheels of its dependencies, with the tools that takes.
+# Base images are pinned to a Python patch release on a named Debian release.
+FROM python:3.11.9-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md streams.md ./
 COPY engine/ engine/
@@ -8,14 +9,19 @@ COPY projections/ projections/
 RUN python -m pip install --no-cache-dir --upgrade pip wheel \
  && python -m pip wheel --no-cache-dir --wheel-dir /wheels .
 
-# Final stage: no compilers, no pip cache, a non-root user.
-FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 foldflow
+# Final stage: no compilers, no pip cache, no source tree, a non-root user.
+FROM python:3.11.9-slim-bookworm
+RUN useradd --create-home --uid 10001 --user-group foldflow
 COPY --from=build /wheels /wheels
 RUN python -m pip install --no-cache-dir --no-index --find-links=/wheels foldflow \
  && rm -rf /wheels
 USER foldflow
 WORKDIR /home/foldflow
-ENV PYTHONUNBUFFERED=1
+ENV PYTHONUNBUFFERED=1 \
+    FOLDFLOW_METRICS_PORT=9100 \
+    FOLDFLOW_LOG_FORMAT=json
+EXPOSE 9100
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 CMD ["foldflow", "health", "readiness"]
 ENTRYPOINT ["foldflow"]
 CMD ["worker"]

@@ -1,1 +1,1 @@
-"""foldflow's benchmarks (run from the project root: python -m bench.throughput)."""
+"""foldflow's benchmarks, peers side by side: `python -m bench run [--quick]` (see README, "Benchmarks")."""

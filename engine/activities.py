@@ -88,7 +88,8 @@ def import_handlers(module: str) -> None:
 
 class ActivityWorker:
     def __init__(self, redis: aioredis.Redis, settings: Settings, *, registry: Registry | None = None,
-                 services: list[str] | None = None) -> None:
+                 services: list[str] | None = None, observer: Any = None) -> None:
+        self.observer = observer  # ops: handler metrics and task logs (engine.observe.ActivityObserver)
         self.redis = redis
         self.settings = settings
         self.registry = registry or default_registry
@@ -167,7 +168,10 @@ class ActivityWorker:
             except PoisonMessage as exc:
                 await self._dead_letter(entry, str(exc))
                 return
+            started = time.perf_counter()
             command, data = await self.execute(task)
+            if self.observer is not None:  # ops: handler duration and outcome
+                self.observer.task_done(task, command, data, time.perf_counter() - started)
             await self.report(task, command, data)
         except StoreUnavailable as exc:
             log.warning("could not report task %s (it stays pending): %s", entry_id, exc)
@@ -178,7 +182,9 @@ class ActivityWorker:
 
     async def execute(self, task: Task) -> tuple[str, dict[str, Any]]:
         """Run the handler; the result command's type and data."""
-        base = {"step": task.step, "attempt": task.attempt, "task_id": task.task_id}
+        base: dict[str, Any] = {"step": task.step, "attempt": task.attempt, "task_id": task.task_id}
+        if task.iteration is not None:
+            base["iteration"] = task.iteration
         handler = self.registry.handler_for(task.service, task.step)
         if handler is None:
             error = {"message": f"no handler for service {task.service!r} step {task.step!r}", "retryable": False,
@@ -206,11 +212,11 @@ class ActivityWorker:
         try:
             body = orjson.dumps(data)
         except TypeError as exc:
-            body = orjson.dumps({**{k: data[k] for k in ("step", "attempt", "task_id")}, "error": {
+            body = orjson.dumps({**_ids(data), "error": {
                 "message": f"handler returned a value that is not JSON: {exc}", "retryable": False, "kind": "handler"}})
             command = "step.failed"
         if len(body) > self.settings.max_payload_bytes:
-            body = orjson.dumps({**{k: data[k] for k in ("step", "attempt", "task_id")}, "error": {
+            body = orjson.dumps({**_ids(data), "error": {
                 "message": f"result is {len(body)} bytes, over the limit of {self.settings.max_payload_bytes}",
                 "retryable": False, "kind": "handler"}})
             command = "step.failed"
@@ -236,3 +242,7 @@ class ActivityWorker:
             time.time_ns() // 1_000_000,
         )
         log.warning("dead-lettered task %s: %s", entry_id, reason)
+
+
+def _ids(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: data[k] for k in ("step", "attempt", "task_id", "iteration") if k in data}

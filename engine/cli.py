@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from typing import Any, Awaitable, Callable
 
@@ -31,7 +30,7 @@ def _load_json_arg(text: str, what: str) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: getattr(args, k, None) for k in ("partitions", "prefix", "batch_size", "consumer", "concurrency")}
+    overrides = {k: getattr(args, k, None) for k in Settings.__struct_fields__}  # every setting has a flag
     return from_env(**overrides)
 
 
@@ -126,25 +125,15 @@ async def cmd_publish(args: argparse.Namespace) -> int:
 async def _serve(make: Callable[[Any, Settings], Any], args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
 
-    settings = _settings(args)
+    from .ops_cli import serve
+
+    settings = _settings(args)  # every problem with the settings, at start
     client = aioredis.Redis.from_url(settings.redis_url)
-    runner = make(client, settings)
-    loop = asyncio.get_running_loop()
-    signals = {"n": 0}
-
-    def on_signal() -> None:
-        signals["n"] += 1
-        if signals["n"] > 1:
-            os._exit(130)  # a second signal: leave now; unacked work is redelivered
-        runner.stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     try:
-        await runner.run()
+        # Metrics + health (FOLDFLOW_METRICS_PORT), heartbeat, graceful SIGTERM/SIGINT.
+        return await serve(make(client, settings), client, settings)
     finally:
         await client.aclose()
-    return 0
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
@@ -230,14 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--instances", type=int, default=5)
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(fn=cmd_demo)
+    from .ops_cli import add_commands as add_ops_commands
+    add_ops_commands(sub, p)
+    from projections.cli import add_commands
+    add_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = args.log_level or ("WARNING" if args.cmd == "demo" else "INFO")
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from .logs import LOG_FORMATS_ENV, configure_logging
+
+    configure_logging(level, getattr(args, "log_format", None) or os.environ.get(LOG_FORMATS_ENV) or "text")
     try:
         import uvloop
 

@@ -41,6 +41,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """FOLDFLOW_MAX_PAYLOAD_BYTES: largest command data, task result or event accepted."""
     concurrency: int = 64
     """FOLDFLOW_CONCURRENCY: activity handlers running at once in one process."""
+    metrics_port: int = 0
+    """FOLDFLOW_METRICS_PORT: serve /metrics and /health/* on this port (0: off)."""
+    metrics_host: str = "0.0.0.0"
+    """FOLDFLOW_METRICS_HOST: address the metrics and health server binds."""
+    log_format: str = "text"
+    """FOLDFLOW_LOG_FORMAT: text, json or kv (key=value)."""
+    heartbeat_ms: int = 5_000
+    """FOLDFLOW_HEARTBEAT_MS: how often a worker writes its heartbeat (it expires after 3x)."""
+    shutdown_timeout_ms: int = 30_000
+    """FOLDFLOW_SHUTDOWN_TIMEOUT_MS: how long SIGTERM waits for in-flight work before leaving it to redelivery."""
+    stuck_after_ms: int = 600_000
+    """FOLDFLOW_STUCK_AFTER_MS: an instance without progress this long counts as stuck (metric)."""
 
     def consumer_name(self) -> str:
         return self.consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -60,7 +72,14 @@ _ENV = {
     "timer_poll_ms": "FOLDFLOW_TIMER_POLL_MS",
     "max_payload_bytes": "FOLDFLOW_MAX_PAYLOAD_BYTES",
     "concurrency": "FOLDFLOW_CONCURRENCY",
+    "metrics_port": "FOLDFLOW_METRICS_PORT",
+    "metrics_host": "FOLDFLOW_METRICS_HOST",
+    "log_format": "FOLDFLOW_LOG_FORMAT",
+    "heartbeat_ms": "FOLDFLOW_HEARTBEAT_MS",
+    "shutdown_timeout_ms": "FOLDFLOW_SHUTDOWN_TIMEOUT_MS",
+    "stuck_after_ms": "FOLDFLOW_STUCK_AFTER_MS",
 }
+LOG_FORMATS = ("text", "json", "kv")
 
 
 def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -96,6 +115,26 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
     prefix = values.get("prefix", defaults.prefix)
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{} \n"):
         problems.append(f"FOLDFLOW_PREFIX: must be non-empty without braces or spaces, got {prefix!r}")
+    problems += _ops_problems(values, defaults)
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
     return msgspec.convert(values, Settings)
+
+
+def _ops_problems(values: dict[str, object], defaults: Settings) -> list[str]:
+    """Checks of the operations settings (metrics server, logs, heartbeats, shutdown)."""
+    problems: list[str] = []
+    port = values.get("metrics_port", defaults.metrics_port)
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        problems.append(f"FOLDFLOW_METRICS_PORT: must be 0 (off) or a TCP port 1-65535, got {port!r}")
+    for field in ("heartbeat_ms", "shutdown_timeout_ms", "stuck_after_ms"):
+        v = values.get(field, getattr(defaults, field))
+        if not isinstance(v, int) or v < 1:
+            problems.append(f"{_ENV[field]}: must be a positive integer, got {v!r}")
+    fmt = values.get("log_format", defaults.log_format)
+    if fmt not in LOG_FORMATS:
+        problems.append(f"FOLDFLOW_LOG_FORMAT: must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
+    host = values.get("metrics_host", defaults.metrics_host)
+    if not isinstance(host, str) or not host or " " in host:
+        problems.append(f"FOLDFLOW_METRICS_HOST: must be an address, got {host!r}")
+    return problems

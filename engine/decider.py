@@ -5,52 +5,50 @@ function of the instance's state, and a command that does not fit the state is
 answered with an event (``workflow.command_rejected``) or, when it is merely a
 repeat or arrives too late (a result for an attempt that is no longer running),
 with no events at all: the worker counts those and acknowledges them.
+
+The graph logic all commands share (what runs next, dispatch per step type,
+failure handling, compensation) is in decision.py.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-import msgspec
-
-from .definition import Definition, Step
-from .evolve import evolve
-from .expressions import MissingValue, TemplateError, render, render_endpoint
+from .decision import Decision, next_loop_item, step_done, task_id_for
+from .definition import Definition
+from .expressions import MissingValue, TemplateError, render
 from .model import (
-    STATUS_CANCELLED,
-    STATUS_COMPLETED,
+    STATUS_COMPENSATING,
     STATUS_CREATED,
     STATUS_FAILED,
     STATUS_NONE,
     STATUS_PAUSED,
     STATUS_RUNNING,
-    STEP_COMPLETED,
+    STEP_CHILD,
+    STEP_DELAYED,
     STEP_FAILED,
-    STEP_PENDING,
     STEP_RETRYING,
     STEP_SCHEDULED,
     STEP_WAITING,
     CancelWorkflow,
-    CommandRejected,
     CompleteStep,
     DeliverEvent,
     Envelope,
     Event,
     FailStep,
     FireTimer,
-    NotificationScheduled,
     PauseWorkflow,
     ResumeWorkflow,
     RetryWorkflow,
+    SignalReceived,
+    SignalWorkflow,
     StartWorkflow,
     State,
     StepCompleted,
     StepError,
     StepFailed,
-    StepScheduled,
-    StepWaiting,
+    StepIterationCompleted,
     WorkflowCancelled,
-    WorkflowCompleted,
     WorkflowCreated,
     WorkflowFailed,
     WorkflowPaused,
@@ -59,10 +57,13 @@ from .model import (
     WorkflowStarted,
 )
 
+__all__ = ["decide", "decide_and_fold", "matches", "step_done", "task_id_for"]
+
 # Which statuses accept which control command (the instance state machine).
-_CANCELLABLE = frozenset({STATUS_CREATED, STATUS_RUNNING, STATUS_PAUSED, STATUS_FAILED})
+_CANCELLABLE = frozenset({STATUS_CREATED, STATUS_RUNNING, STATUS_PAUSED, STATUS_FAILED, STATUS_COMPENSATING})
 # A step result is recorded while the instance can still use it.
-_ACCEPTS_RESULTS = frozenset({STATUS_RUNNING, STATUS_PAUSED, STATUS_FAILED})
+_ACCEPTS_RESULTS = frozenset({STATUS_RUNNING, STATUS_PAUSED, STATUS_FAILED, STATUS_COMPENSATING})
+_SIGNALLABLE = frozenset({STATUS_RUNNING, STATUS_PAUSED})
 
 
 def decide(state: State, envelope: Envelope, definition: Definition, now: int) -> list[Event]:
@@ -79,237 +80,117 @@ def decide_and_fold(
     command = envelope.command
     if state.status == STATUS_NONE and not isinstance(command, StartWorkflow):
         return [], state  # the worker dead-letters commands for unknown instances
-    decision = _Decision(state, definition, now, envelope)
+    decision = Decision(state, definition, now, envelope)
     handler = _HANDLERS.get(type(command))
     if handler is not None:
         handler(decision, command)
     return decision.events, decision.state
 
 
-def task_id_for(instance_id: str, step: str, attempt: int) -> str:
-    return f"{instance_id}:{step}:{attempt}"
-
-
-def step_done(st: Any) -> bool:
-    """A step its dependents may run after: completed, or failed with `continue`."""
-    return bool(st.status == STEP_COMPLETED or (st.status == STEP_FAILED and st.continued))
-
-
-class _Decision:
-    __slots__ = ("state", "definition", "now", "envelope", "events", "_recorded")
-
-    def __init__(self, state: State, definition: Definition, now: int, envelope: Envelope) -> None:
-        self.state = state
-        self.definition = definition
-        self.now = now
-        self.envelope = envelope
-        self.events: list[Event] = []
-        self._recorded = False
-
-    def emit(self, event: Event) -> None:
-        # The sender's cmd_id rides on the first event so a resend is recognised.
-        if not self._recorded and self.envelope.cmd_id is not None:
-            event = _with_cmd(event, self.envelope.cmd_id)
-            self._recorded = True
-        self.events.append(event)
-        self.state = evolve(self.state, event, self.now)
-
-    def reject(self, reason: str) -> None:
-        self.emit(
-            CommandRejected(
-                command=_tag(self.envelope.command),
-                reason=reason,
-                command_id=self.envelope.key,
-            )
-        )
-
-    # -- the instance graph ------------------------------------------------
-    def advance(self, include_due_retries: bool = False) -> None:
-        """Dispatch every step whose dependencies are done; finish when all are."""
-        if self.state.status != STATUS_RUNNING:
-            return
-        steps = self.state.steps
-        for name, st in steps.items():
-            if st.status == STEP_FAILED and not st.continued:
-                self.emit(WorkflowFailed(step=name, error=st.error))
-                return
-        for step in self.definition.steps:
-            st = self.state.step(step.name)
-            if st.status == STEP_PENDING:
-                if all(step_done(self.state.step(dep)) for dep in step.depends_on):
-                    self.dispatch(step, st.attempt + 1)
-            elif include_due_retries and st.status == STEP_RETRYING:
-                if st.retry_at is not None and st.retry_at <= self.now:
-                    self.dispatch(step, st.attempt + 1)
-            if self.state.status != STATUS_RUNNING:
-                return
-        if all(step_done(self.state.step(s.name)) for s in self.definition.steps):
-            self.emit(WorkflowCompleted(output=self._output()))
-
-    def dispatch(self, step: Step, attempt: int) -> None:
-        scope = self.scope()
-        timeout_at = self.now + step.timeout_ms if step.timeout_ms else None
-        try:
-            if step.type == "event_wait":
-                assert step.event_type is not None
-                filter_ = render(dict(step.event_filter), scope)
-                self.emit(
-                    StepWaiting(
-                        step=step.name,
-                        attempt=attempt,
-                        event_type=step.event_type,
-                        filter=filter_,
-                        timeout_at=timeout_at,
-                    )
-                )
-                return
-            assert step.service is not None
-            endpoint = render_endpoint(step.endpoint, scope) if step.endpoint else None
-            payload = render(step.input, scope) if step.input is not None else {}
-        except (MissingValue, TemplateError) as exc:
-            error = StepError(message=f"cannot render step {step.name!r}: {_reason(exc)}", retryable=False, kind="template")
-            self.fail_step(step.name, attempt, error)
-            return
-        self.emit(
-            StepScheduled(
-                step=step.name,
-                attempt=attempt,
-                task_id=task_id_for(self.state.id, step.name, attempt),
-                queue=step.service,
-                endpoint=endpoint,
-                input=payload,
-                timeout_at=timeout_at,
-            )
-        )
-
-    def fail_step(self, name: str, attempt: int, error: StepError) -> None:
-        step = self.definition.step(name)
-        st = self.state.step(name)
-        policy = step.retry_policy
-        used = attempt - st.budget_from
-        handler = step.on_error
-        if error.retryable and used < policy.max_attempts:
-            retry_at = self.now + policy.delay_ms(used)
-            self.emit(StepFailed(step=name, attempt=attempt, error=error, retry_at=retry_at))
-            return
-        if (
-            handler is not None
-            and handler.action == "retry"
-            and error.retryable
-            and st.handler_retries < handler.max_retries
-        ):
-            retry_at = self.now + handler.backoff_ms
-            self.emit(StepFailed(step=name, attempt=attempt, error=error, retry_at=retry_at, handler_retry=True))
-            return
-        continued = handler is not None and handler.action == "continue"
-        self.emit(StepFailed(step=name, attempt=attempt, error=error, continued=continued))
-        self.after_final_failure(step, attempt, error)
-
-    def after_final_failure(self, step: Step, attempt: int, error: StepError) -> None:
-        handler = step.on_error
-        if handler is not None and handler.action == "notify" and handler.target:
-            self.notify(step, attempt, error, handler.target, handler.endpoint)
-        self.advance()
-
-    def notify(self, step: Step, attempt: int, error: StepError, target: str, endpoint: str | None) -> None:
-        try:
-            rendered = render_endpoint(endpoint, self.scope()) if endpoint else None
-        except (MissingValue, TemplateError):
-            rendered = endpoint  # a notification goes out even when its endpoint cannot be filled
-        self.emit(
-            NotificationScheduled(
-                step=step.name,
-                attempt=attempt,
-                task_id=task_id_for(self.state.id, step.name, attempt) + ":notify",
-                queue=target,
-                endpoint=rendered,
-                input={
-                    "workflow": self.state.workflow,
-                    "instance_id": self.state.id,
-                    "step": step.name,
-                    "attempt": attempt,
-                    "error": {"message": error.message, "kind": error.kind, "retryable": error.retryable},
-                },
-            )
-        )
-
-    def deadline(self) -> int | None:
-        timeout = self.definition.timeout_ms
-        return self.now + timeout if timeout else None
-
-    # -- template scope ----------------------------------------------------
-    def scope(self) -> dict[str, Any]:
-        s = self.state
-        steps = {
-            name: {
-                "output": st.output,
-                "status": st.status,
-                "completed": st.status == STEP_COMPLETED,
-                "attempt": st.attempt,
-            }
-            for name, st in s.steps.items()
-        }
-        return {
-            "input": s.context,
-            "context": s.context,
-            "steps": steps,
-            "workflow": {
-                "id": s.id,
-                "name": s.workflow,
-                "version": s.def_version,
-                "correlation_id": s.correlation_id,
-            },
-        }
-
-    def _output(self) -> dict[str, Any]:
-        sinks = [s.name for s in self.definition.steps if not self.definition.dependents(s.name)]
-        return {name: self.state.step(name).output for name in sinks}
-
-
 # ---------------------------------------------------------------------------
 # One function per command
 # ---------------------------------------------------------------------------
-def _start(d: _Decision, cmd: StartWorkflow) -> None:
+def _start(d: Decision, cmd: StartWorkflow) -> None:
     if d.state.status != STATUS_NONE:
         return  # a second start for the same id: idempotent, changes nothing
-    d.emit(
-        WorkflowCreated(
-            instance_id=d.envelope.instance_id,
-            workflow=d.definition.name,
-            version=d.definition.version,
-            context=cmd.context,
-            correlation_id=cmd.correlation_id,
-        )
-    )
+    d.emit(WorkflowCreated(instance_id=d.envelope.instance_id, workflow=d.definition.name,
+                           version=d.definition.version, context=cmd.context, correlation_id=cmd.correlation_id,
+                           parent=cmd.parent))
     d.emit(WorkflowStarted(timeout_at=d.deadline()))
     d.advance()
 
 
-def _current_attempt(d: _Decision, step: str, attempt: int, task_id: str | None, live: str) -> bool:
-    """Is this result for the attempt that is running now? Anything else is stale."""
+def _current(d: Decision, step: str, attempt: int, task_id: str | None, live: str,
+             iteration: int | None = None) -> bool:
+    """Is this result for the attempt (and part) running now? Anything else is stale."""
     if d.state.status not in _ACCEPTS_RESULTS or not _has_step(d.definition, step):
         return False
     st = d.state.step(step)
     if st.status != live or st.attempt != attempt:
         return False
+    if iteration is not None:
+        definition = d.definition.step(step)
+        if st.items is not None:
+            return iteration == st.iteration
+        if definition.type == "validation":
+            return 0 <= iteration < len(definition.validation_rules) and (
+                iteration >= len(st.results) or st.results[iteration] is None)
+        return False
     return task_id is None or st.task_id is None or task_id == st.task_id
 
 
-def _complete(d: _Decision, cmd: CompleteStep) -> None:
-    if not _current_attempt(d, cmd.step, cmd.attempt, cmd.task_id, STEP_SCHEDULED):
+def _parts_named(d: Decision, step: str, iteration: int | None) -> bool:
+    """A loop's or validation step's results must say which item or rule they are for."""
+    return iteration is not None or d.definition.step(step).type not in ("loop", "validation")
+
+
+def _live(d: Decision, step: str) -> str:
+    """The status a step is in while a result for it is awaited."""
+    if _has_step(d.definition, step) and d.definition.step(step).type == "sub_workflow":
+        return STEP_CHILD
+    return STEP_SCHEDULED
+
+
+def _complete(d: Decision, cmd: CompleteStep) -> None:
+    if not _current(d, cmd.step, cmd.attempt, cmd.task_id, _live(d, cmd.step), cmd.iteration) \
+            or not _parts_named(d, cmd.step, cmd.iteration):
         return
-    d.emit(StepCompleted(step=cmd.step, attempt=cmd.attempt, output=cmd.output))
+    step = d.definition.step(cmd.step)
+    if step.type == "validation" and cmd.iteration is not None:
+        _validation_part(d, cmd)
+        return
+    if step.type == "loop" and cmd.iteration is not None:
+        d.emit(StepIterationCompleted(step=cmd.step, attempt=cmd.attempt, iteration=cmd.iteration,
+                                      output=cmd.output))
+        next_loop_item(d, step)
+        d.advance()
+        return
+    output = cmd.output
+    if step.output is not None:  # the step maps the service's response to its output
+        try:
+            output = render(step.output, d.scope(response=cmd.output))
+        except (MissingValue, TemplateError) as exc:
+            reason = f"{exc.path} is not set" if isinstance(exc, MissingValue) else str(exc)
+            d.fail_step(cmd.step, cmd.attempt, StepError(message=f"cannot map the output of {cmd.step!r}: {reason}",
+                                                         retryable=False, kind="template"))
+            return
+    d.emit(StepCompleted(step=cmd.step, attempt=cmd.attempt, output=output))
     d.advance()
 
 
-def _fail(d: _Decision, cmd: FailStep) -> None:
-    if not _current_attempt(d, cmd.step, cmd.attempt, cmd.task_id, STEP_SCHEDULED):
+def _validation_part(d: Decision, cmd: CompleteStep) -> None:
+    assert cmd.iteration is not None
+    step = d.definition.step(cmd.step)
+    rule = step.validation_rules[cmd.iteration]
+    if isinstance(cmd.output, dict) and cmd.output.get("valid") is False:
+        why = cmd.output.get("message") or cmd.output.get("reason") or "the service said it is not valid"
+        d.fail_step(cmd.step, cmd.attempt, StepError(
+            message=f"validation rule {rule.rule!r} on field {rule.field!r} failed: {why}", retryable=False,
+            kind="validation"), cmd.iteration)
         return
-    d.fail_step(cmd.step, cmd.attempt, cmd.error)
+    d.emit(StepIterationCompleted(step=cmd.step, attempt=cmd.attempt, iteration=cmd.iteration, output=cmd.output))
+    st = d.state.step(cmd.step)
+    if st.parts == len(step.validation_rules):
+        results = {r.rule: out for r, out in zip(step.validation_rules, st.results)}
+        d.emit(StepCompleted(step=cmd.step, attempt=cmd.attempt, output={"valid": True, "rules": results}))
+        d.advance()
 
 
-def _event(d: _Decision, cmd: DeliverEvent) -> None:
-    if not _current_attempt(d, cmd.step, cmd.attempt, None, STEP_WAITING):
+def _fail(d: Decision, cmd: FailStep) -> None:
+    if not _current(d, cmd.step, cmd.attempt, cmd.task_id, _live(d, cmd.step), cmd.iteration) \
+            or not _parts_named(d, cmd.step, cmd.iteration):
+        return
+    error = cmd.error
+    step = d.definition.step(cmd.step)
+    if step.type == "validation" and cmd.iteration is not None:
+        rule = step.validation_rules[cmd.iteration]
+        error = StepError(message=f"validation rule {rule.rule!r} on field {rule.field!r} failed: {error.message}",
+                          retryable=error.retryable, kind=error.kind, type=error.type)
+    d.fail_step(cmd.step, cmd.attempt, error, cmd.iteration)
+
+
+def _event(d: Decision, cmd: DeliverEvent) -> None:
+    if not _current(d, cmd.step, cmd.attempt, None, STEP_WAITING):
         return
     wait = d.state.step(cmd.step).wait
     if wait is None or wait.event_type != cmd.event_type or not matches(wait.filter, cmd.data):
@@ -318,49 +199,71 @@ def _event(d: _Decision, cmd: DeliverEvent) -> None:
     d.advance()
 
 
-def _timer(d: _Decision, cmd: FireTimer) -> None:
-    if cmd.kind == "workflow_timeout":
-        if d.state.status in (STATUS_RUNNING, STATUS_PAUSED) and d.state.timeout_at is not None:
-            error = StepError(
-                message=f"workflow timed out after {d.definition.timeout_ms} ms", retryable=False, kind="timeout"
-            )
-            d.emit(WorkflowFailed(error=error))
-        return
-    if cmd.kind == "retry":
-        st = d.state.step(cmd.step)
-        if d.state.status == STATUS_RUNNING and st.status == STEP_RETRYING and st.attempt == cmd.attempt:
-            d.dispatch(d.definition.step(cmd.step), cmd.attempt + 1)
-        return
-    if cmd.kind == "timeout":
-        st = d.state.step(cmd.step)
-        live = st.status if st.status in (STEP_SCHEDULED, STEP_WAITING) else STEP_SCHEDULED
-        if not _current_attempt(d, cmd.step, cmd.attempt, None, live):
-            return
-        what = f"event {st.wait.event_type!r}" if st.wait is not None else "the step's result"
+def _timer(d: Decision, cmd: FireTimer) -> None:
+    handler = _TIMERS.get(cmd.kind)
+    if handler is not None:  # an unknown kind is a timer of a newer version: nothing to do here
+        handler(d, cmd)
+
+
+def _workflow_timeout(d: Decision, cmd: FireTimer) -> None:
+    if d.state.status in (STATUS_RUNNING, STATUS_PAUSED) and d.state.timeout_at is not None:
+        d.emit(WorkflowFailed(error=StepError(message=f"workflow timed out after {d.definition.timeout_ms} ms",
+                                              retryable=False, kind="timeout")))
+
+
+def _retry_timer(d: Decision, cmd: FireTimer) -> None:
+    st = d.state.step(cmd.step)
+    if st.status == STEP_RETRYING and st.attempt == cmd.attempt and d.state.status in (
+            STATUS_RUNNING, STATUS_COMPENSATING):
+        d.dispatch(d.definition.step(cmd.step), cmd.attempt + 1)
+
+
+def _delay_timer(d: Decision, cmd: FireTimer) -> None:
+    if _current(d, cmd.step, cmd.attempt, None, STEP_DELAYED):
         step = d.definition.step(cmd.step)
-        error = StepError(
-            message=f"timed out after {step.timeout_ms} ms waiting for {what}",
-            retryable=True,
-            kind="timeout",
-        )
+        d.emit(StepCompleted(step=cmd.step, attempt=cmd.attempt, output={"delayed_ms": step.duration_ms}))
+        d.advance()
+
+
+def _step_timeout(d: Decision, cmd: FireTimer) -> None:
+    st = d.state.step(cmd.step)
+    live = st.status
+    if live not in (STEP_SCHEDULED, STEP_WAITING, STEP_CHILD) or not _current(d, cmd.step, cmd.attempt, None, live):
+        return
+    step = d.definition.step(cmd.step)
+    what = f"event {st.wait.event_type!r}" if st.wait is not None else (
+        "the child workflow" if live == STEP_CHILD else "the step's result")
+    error = StepError(message=f"timed out after {step.timeout_ms} ms waiting for {what}", retryable=True,
+                      kind="timeout")
+    action = step.on_timeout
+    if action is None:
         d.fail_step(cmd.step, cmd.attempt, error)
+        return
+    final = StepError(message=error.message, retryable=False, kind="timeout")
+    d.emit(StepFailed(step=cmd.step, attempt=cmd.attempt, error=final, continued=action.action == "continue"))
+    if action.action == "compensate":
+        if action.target:
+            d.notify(step, cmd.attempt, final, action.target, action.endpoint)
+        d.start_compensation(cmd.step, final)
+    else:
+        d.after_final_failure(step, cmd.attempt, final, handler=action)
 
 
-def _cancel(d: _Decision, cmd: CancelWorkflow) -> None:
+def _cancel(d: Decision, cmd: CancelWorkflow) -> None:
     if d.state.status not in _CANCELLABLE:
         d.reject(f"cannot cancel an instance that is {d.state.status}")
         return
     d.emit(WorkflowCancelled(reason=cmd.reason))
 
 
-def _pause(d: _Decision, cmd: PauseWorkflow) -> None:
+def _pause(d: Decision, cmd: PauseWorkflow) -> None:
     if d.state.status != STATUS_RUNNING:
         d.reject(f"cannot pause an instance that is {d.state.status}")
         return
     d.emit(WorkflowPaused(reason=cmd.reason))
 
 
-def _resume(d: _Decision, cmd: ResumeWorkflow) -> None:
+def _resume(d: Decision, cmd: ResumeWorkflow) -> None:
     if d.state.status != STATUS_PAUSED:
         d.reject(f"cannot resume an instance that is {d.state.status}")
         return
@@ -368,20 +271,33 @@ def _resume(d: _Decision, cmd: ResumeWorkflow) -> None:
     d.advance(include_due_retries=True)
 
 
-def _retry(d: _Decision, cmd: RetryWorkflow) -> None:
+def _retry(d: Decision, cmd: RetryWorkflow) -> None:
     if d.state.status != STATUS_FAILED:
         d.reject(f"cannot retry an instance that is {d.state.status}")
         return
     failed = [n for n, st in d.state.steps.items() if st.status == STEP_FAILED and not st.continued]
-    d.emit(WorkflowRetried(steps=failed, timeout_at=d.deadline()))
-    for name in failed:
-        d.dispatch(d.definition.step(name), d.state.step(name).attempt + 1)
-        if d.state.status != STATUS_RUNNING:
+    if cmd.from_step is not None:
+        if not _has_step(d.definition, cmd.from_step) or cmd.from_step in d.definition.compensation_steps():
+            d.reject(f"cannot retry from {cmd.from_step!r}: no such step in {d.definition.name!r}")
             return
+        rewind = [cmd.from_step, *_descendants(d.definition, cmd.from_step)]
+        failed = list(dict.fromkeys(rewind + failed))
+    elif cmd.input is not None:
+        d.reject("retry --input needs --from-step: the step the edited input is for")
+        return
+    d.emit(WorkflowRetried(steps=failed, timeout_at=d.deadline(), from_step=cmd.from_step, input=cmd.input))
     d.advance(include_due_retries=True)
 
 
-_HANDLERS: dict[type, Any] = {
+def _signal(d: Decision, cmd: SignalWorkflow) -> None:
+    if d.state.status not in _SIGNALLABLE:
+        d.reject(f"cannot signal an instance that is {d.state.status}")
+        return
+    d.emit(SignalReceived(name=cmd.name, payload=cmd.payload))
+    d.advance()
+
+
+_HANDLERS: dict[type, Callable[[Decision, Any], None]] = {
     StartWorkflow: _start,
     CompleteStep: _complete,
     FailStep: _fail,
@@ -391,16 +307,20 @@ _HANDLERS: dict[type, Any] = {
     PauseWorkflow: _pause,
     ResumeWorkflow: _resume,
     RetryWorkflow: _retry,
+    SignalWorkflow: _signal,
+}
+
+_TIMERS: dict[str, Callable[[Decision, FireTimer], None]] = {
+    "workflow_timeout": _workflow_timeout,
+    "retry": _retry_timer,
+    "timeout": _step_timeout,
+    "delay": _delay_timer,
 }
 
 
 def matches(filter_: dict[str, Any], data: dict[str, Any]) -> bool:
     """An event matches a wait when every filter field equals the event's field."""
     return all(k in data and data[k] == v for k, v in filter_.items())
-
-
-def _with_cmd(event: Event, cmd: str) -> Event:
-    return msgspec.structs.replace(event, cmd=cmd)
 
 
 def _has_step(definition: Definition, name: str) -> bool:
@@ -411,11 +331,15 @@ def _has_step(definition: Definition, name: str) -> bool:
     return True
 
 
-def _tag(command: Any) -> str:
-    return str(type(command).__struct_config__.tag)
+def _descendants(definition: Definition, name: str) -> list[str]:
+    seen: dict[str, None] = {}
+    todo = list(definition.dependents(name))
+    while todo:
+        step = todo.pop(0)
+        if step not in seen:
+            seen[step] = None
+            todo.extend(definition.dependents(step))
+    return list(seen)
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, MissingValue):
-        return f"{exc.path} is not set"
-    return str(exc)
+

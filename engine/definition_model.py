@@ -35,9 +35,15 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     backoff_base: float = 2.0
     backoff_multiplier: int = 1000
     max_delay_ms: int | None = None
+    jitter: float = 0.0  # each delay moves by up to this fraction, either way
 
-    def delay_ms(self, attempt: int) -> int:
-        """Delay after failed attempt ``attempt`` (1-based), before the next one."""
+    def delay_ms(self, attempt: int, spread: float = 0.5) -> int:
+        """Delay after failed attempt ``attempt`` (1-based), before the next one.
+
+        ``spread`` in [0, 1) picks where in the jitter band the delay falls; the
+        decider derives it from the instance, step and attempt, so a replay
+        computes the same delay while different instances spread out.
+        """
         if attempt < 1:
             raise ValueError(f"attempts count from 1, got {attempt}")
         try:
@@ -46,7 +52,9 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
             delay = math.inf
         if self.max_delay_ms is not None:
             delay = min(delay, self.max_delay_ms)
-        return int(min(delay, _MAX_MS))
+        if self.jitter and math.isfinite(delay):
+            delay *= 1 + self.jitter * (2 * spread - 1)
+        return int(min(max(delay, 0), _MAX_MS))
 
 
 class ErrorHandler(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +65,15 @@ class ErrorHandler(msgspec.Struct, frozen=True, kw_only=True):
     target: str | None = None
     endpoint: str | None = None
     message: str | None = None
+
+
+class ValidationRule(msgspec.Struct, frozen=True, kw_only=True):
+    """One rule of a validation step: a call to ``service`` about one input field."""
+
+    field: str
+    rule: str
+    service: str
+    endpoint: str | None = None
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +92,17 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     timeout_ms: int | None = None
     retry_policy: RetryPolicy = RetryPolicy()
     on_error: ErrorHandler | None = None
+    on_timeout: ErrorHandler | None = None  # what a timeout does (fail by default)
+    condition: str | None = None  # the step runs only when this holds; else it is skipped
+    true_edge: str | None = None  # conditional: the step taken when the condition holds
+    false_edge: str | None = None  # conditional: ... when it does not
+    items: Any = None  # loop: a template yielding the list to iterate
+    max_iterations: int = 1000  # loop: more items than this fail the step
+    validation_rules: tuple[ValidationRule, ...] = ()
+    duration_ms: int | None = None  # delay
+    workflow: str | None = None  # sub_workflow: the child's workflow name
+    workflow_version: str | None = None
+    compensates: str | None = None  # compensation: the step whose effect this undoes
 
 
 class Definition(msgspec.Struct, frozen=True, kw_only=True, dict=True):
@@ -84,20 +112,26 @@ class Definition(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     steps: tuple[Step, ...]
     error_handlers: tuple[ErrorHandler, ...] = ()
     timeout_ms: int | None = None
+    compensation: tuple[Step, ...] = ()  # run in reverse order when the workflow fails
+    input_schema: dict[str, Any] | None = None  # JSON Schema for the start context
+    output: Any = None  # spec.output: {"values": templates} and/or {"schema": ...}
 
     def __post_init__(self) -> None:
         # Frozen structs refuse attributes; dict=True gives a side table that
         # msgspec neither encodes nor compares, and decoding rebuilds it.
-        dependents: dict[str, list[str]] = {s.name: [] for s in self.steps}
+        dependents: dict[str, list[str]] = {s.name: [] for s in self.steps + self.compensation}
         for step in self.steps:
             for dependency in step.depends_on:
                 dependents.setdefault(dependency, []).append(step.name)
-        self.__dict__["_index"] = {s.name: s for s in self.steps}
+        self.__dict__["_index"] = {s.name: s for s in self.steps + self.compensation}
         self.__dict__["_dependents"] = {k: tuple(v) for k, v in dependents.items()}
 
     def step(self, name: str) -> Step:
         index: dict[str, Step] = self.__dict__["_index"]
         return index[name]
+
+    def compensation_steps(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.compensation)
 
     def roots(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.steps if not s.depends_on)

@@ -44,23 +44,30 @@ from .definition_model import (
     Problem,
     RetryPolicy,
     Step,
+    ValidationRule,
     _is_number,
     canonical_json,
     parse_duration_ms,
 )
+from .conditions import condition_problems
 from .expressions import template_problems
+from .schema import schema_problems
 
-STEP_TYPES: Final = ("service_call", "event_wait")
-ERROR_ACTIONS: Final = ("retry", "notify", "terminate", "continue")
-# Saga compensation needs the `compensation` block to run; until that lands a
-# definition asking for it is refused rather than silently treated as terminate.
-UNSUPPORTED_ACTIONS: Final = ("compensate",)
+STEP_TYPES: Final = ("service_call", "event_wait", "conditional", "loop", "validation", "delay", "sub_workflow")
+ERROR_ACTIONS: Final = ("retry", "notify", "terminate", "continue", "compensate")
+TIMEOUT_ACTIONS: Final = ("fail", "continue", "compensate", "notify")
+UNSUPPORTED_ACTIONS: Final = ()
 MAX_DOCUMENT_BYTES: Final = 1 << 20
-_TYPE_ALIASES: Final = {"wait_for_event": "event_wait"}
+_TYPE_ALIASES: Final = {"wait_for_event": "event_wait", "sleep": "delay", "foreach": "loop", "for_each": "loop",
+                        "subworkflow": "sub_workflow", "workflow": "sub_workflow"}
+_REQUIRED: Final = (("service", "service_call"), ("event_type", "event_wait"), ("condition", "conditional"),
+                    ("items", "loop"), ("service", "loop"), ("validation_rules", "validation"),
+                    ("duration", "delay"), ("workflow", "sub_workflow"))
 _BACKOFF_BASES: Final = {"exponential": 2.0, "fixed": 1.0, "constant": 1.0}
 _STEP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 _MAX_NESTING: Final = 64
+_DEFAULT_JITTER: Final = 0.1
 
 
 class _Loader(yaml.SafeLoader):
@@ -186,10 +193,16 @@ class _Builder:
         drafts = self.steps(body, body_path, default_retry)
         handlers = self.error_handlers(body, body_path)
         steps, handler_list = self.attach(self.resolve(drafts), drafts, handlers)
+        compensation = self.compensation(body, body_path, default_retry)
+        steps = self.link_edges(steps, drafts)
+        self.check_references(steps, compensation, drafts)
+        input_schema = self.input_schema(body, body_path)
+        output = self.output(body, body_path)
         if self.problems:
             raise DefinitionError(self.problems)
         return Definition(name=name, version=version, description=description, steps=tuple(steps),
-                          error_handlers=handler_list, timeout_ms=timeout_ms)
+                          error_handlers=handler_list, timeout_ms=timeout_ms, compensation=tuple(compensation),
+                          input_schema=input_schema, output=output)
 
     def shape(self) -> tuple[dict[str, Any], str, dict[str, Any] | None, str]:
         doc = self.doc
@@ -255,13 +268,15 @@ class _Builder:
             return None
 
         name, kind = self.step_name(find("name"), path), self.step_type(find("type", "step_type"), path)
-        for field, needed_by in (("service", "service_call"), ("event_type", "event_wait")):
+        for field, needed_by in _REQUIRED:
             if kind == needed_by and find(field) is None:
                 self.add(f"{path}.{field}", f"required for {needed_by} steps")
         payload, output, event_filter = find("payload", "input"), find("output"), find("filter", "event_filter")
-        for templated in (find("endpoint"), payload, output, event_filter):
+        items = find("items")
+        for templated in (find("endpoint"), payload, output, event_filter, items):
             if templated is not None:
                 self.templates(*templated)
+        condition = self.condition(find("condition"))
         on_error, retry = self.on_failure(find("on_failure"), name, self.retry(find("retry_policy"), default_retry))
         deps = find("depends_on")
         step = Step(
@@ -271,8 +286,145 @@ class _Builder:
             input=payload[0] if payload else None, output=output[0] if output else None,
             event_type=self.text(find("event_type")), event_filter=self.mapping(event_filter) or {},
             timeout_ms=self.duration(find("timeout", "timeout_ms")), retry_policy=retry, on_error=on_error,
+            on_timeout=self.timeout_action(find("on_timeout"), name),
+            condition=condition, true_edge=self.text(find("true_edge")), false_edge=self.text(find("false_edge")),
+            items=items[0] if items else None, max_iterations=self.integer(find("max_iterations"), 1) or 1000,
+            validation_rules=self.rules(find("validation_rules")), duration_ms=self.duration(find("duration")),
+            workflow=self.text(find("workflow")), workflow_version=self.version_text(find("workflow_version")),
+            compensates=self.text(find("compensates")),
         )
         return _Draft(step, path, self.names(deps), deps[1] if deps else f"{path}.depends_on", f"{path}.on_failure")
+
+    def condition(self, found: _At) -> str | None:
+        if found is None:
+            return None
+        value, path = found
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        text = self.text(found)
+        if text is not None:
+            for message in condition_problems(text):
+                self.add(path, message)
+        return text
+
+    def version_text(self, found: _At) -> str | None:
+        if found is not None and _is_number(found[0]):
+            return str(found[0])
+        return self.text(found)
+
+    def rules(self, found: _At) -> tuple[ValidationRule, ...]:
+        if found is None:
+            return ()
+        if not isinstance(found[0], list) or not found[0]:
+            self.add(found[1], f"must be a non-empty list of rules, got {_kind(found[0])}")
+            return ()
+        rules = []
+        for i, raw in enumerate(found[0]):
+            path = f"{found[1]}[{i}]"
+            if not isinstance(raw, dict):
+                self.add(path, f"must be an object, got {_kind(raw)}")
+                continue
+            fields = {k: self.text(_at(raw, k, path)) for k in ("field", "rule", "service", "endpoint")}
+            for key in ("field", "rule", "service"):
+                if _at(raw, key, path) is None:
+                    self.add(f"{path}.{key}", "required")
+            if fields["endpoint"] is not None:
+                self.templates(fields["endpoint"], f"{path}.endpoint")
+            if fields["field"] and fields["rule"] and fields["service"]:
+                rules.append(ValidationRule(field=fields["field"], rule=fields["rule"], service=fields["service"],
+                                            endpoint=fields["endpoint"]))
+        return tuple(rules)
+
+    def timeout_action(self, found: _At, step: str | None) -> ErrorHandler | None:
+        raw = self.mapping(found)
+        if raw is None or found is None:
+            return None
+        action = self.text(_at(raw, "action", found[1]))
+        if action is None or action not in TIMEOUT_ACTIONS:
+            self.add(f"{found[1]}.action", f"must be one of {', '.join(TIMEOUT_ACTIONS)}, got {action!r}")
+            return None
+        if action == "notify" and _at(raw, "target", found[1]) is None:
+            self.add(f"{found[1]}.target", "required for notify")
+        return ErrorHandler(step=step, action=action, target=self.text(_at(raw, "target", found[1])),
+                            endpoint=self.text(_at(raw, "endpoint", found[1])),
+                            message=self.text(_at(raw, "message", found[1])))
+
+    def compensation(self, body: dict[str, Any], base: str, default_retry: RetryPolicy) -> list[Step]:
+        found = _at(body, "compensation", base)
+        if found is None:
+            return []
+        block = self.mapping(found)
+        raw_steps = _at(block, "steps", found[1]) if block is not None else None
+        if raw_steps is None or not isinstance(raw_steps[0], list) or not raw_steps[0]:
+            self.add(f"{found[1]}.steps", "must be a non-empty list of steps")
+            return []
+        steps = []
+        for i, raw in enumerate(raw_steps[0]):
+            path = f"{raw_steps[1]}[{i}]"
+            if not isinstance(raw, dict):
+                self.add(path, f"must be an object, got {_kind(raw)}")
+                continue
+            draft = self.step(raw, path, default_retry)
+            if draft.step.type and draft.step.type != "service_call":
+                self.add(f"{path}.type", "compensation steps must be service_call steps")
+            steps.append(msgspec.structs.replace(draft.step, depends_on=()))
+        return steps
+
+    def link_edges(self, steps: list[Step], drafts: list[_Draft]) -> list[Step]:
+        """A conditional's edges run after it: add it to their dependencies."""
+        edges: dict[str, str] = {}
+        for step, draft in zip(steps, drafts):
+            if step.type != "conditional":
+                continue
+            for key in ("true_edge", "false_edge"):
+                target = getattr(step, key)
+                if target is None:
+                    continue
+                if target not in self.seen or target == step.name:
+                    self.add(f"{draft.path}.{key}", f"unknown step {target!r}")
+                else:
+                    edges[target] = step.name
+        return [msgspec.structs.replace(s, depends_on=s.depends_on + (edges[s.name],))
+                if s.name in edges and edges[s.name] not in s.depends_on else s for s in steps]
+
+    def check_references(self, steps: list[Step], compensation: list[Step], drafts: list[_Draft]) -> None:
+        names = {s.name for s in steps}
+        for step in compensation:
+            if step.compensates is not None and step.compensates not in names:
+                self.add(f"compensation.{step.name}.compensates", f"unknown step {step.compensates!r}")
+        wants_compensation = [(s, d) for s, d in zip(steps, drafts)
+                              if (s.on_error and s.on_error.action == "compensate")
+                              or (s.on_timeout and s.on_timeout.action == "compensate")]
+        if wants_compensation and not compensation:
+            for step, draft in wants_compensation:
+                self.add(draft.path, "compensate needs a `compensation` block with steps")
+        for step, draft in zip(steps, drafts):
+            if step.type == "sub_workflow" and step.workflow is not None and not step.workflow.strip():
+                self.add(f"{draft.path}.workflow", "must name a workflow")
+
+    def input_schema(self, body: dict[str, Any], base: str) -> dict[str, Any] | None:
+        found = _at(body, "input", base)
+        spec = self.mapping(found)
+        if spec is None or found is None:
+            return None
+        schema = self.mapping(_at(spec, "schema", found[1]))
+        if schema is None:
+            return None
+        for message in schema_problems(schema):
+            self.add(f"{found[1]}.schema", message)
+        return schema
+
+    def output(self, body: dict[str, Any], base: str) -> Any:
+        found = _at(body, "output", base)
+        spec = self.mapping(found)
+        if spec is None or found is None:
+            return None
+        if (values := _at(spec, "values", found[1])) is not None:
+            self.templates(*values)
+        if (schema := self.mapping(_at(spec, "schema", found[1]))) is not None:
+            for message in schema_problems(schema):
+                self.add(f"{found[1]}.schema", message)
+        return spec
 
     def step_name(self, found: _At, path: str) -> str | None:
         name = self.text(found)
@@ -468,9 +620,18 @@ class _Builder:
             self.add(f"{path}.backoff", f"unknown backoff {backoff!r} (supported: {', '.join(_BACKOFF_BASES)})")
         elif backoff is not None:
             fields["backoff_base"] = _BACKOFF_BASES[backoff]
+            # The YAML form promises jittered backoff; the JSON fields are exact unless jitter is given.
+            fields["jitter"] = _DEFAULT_JITTER
         readers = (("max_attempts", lambda f: self.integer(f, 1)), ("backoff_base", lambda f: self.number(f, 1.0)),
                    ("backoff_multiplier", self.duration), ("max_delay_ms", self.duration))
         aliases = {"backoff_multiplier": "initial_delay", "max_delay_ms": "max_delay"}
+        jitter = _at(raw, "jitter", path)
+        if jitter is not None:
+            value = self.number(jitter, 0.0)
+            if value is not None and value > 1:
+                self.add(jitter[1], f"must be a fraction from 0 to 1, got {value!r}")
+            elif value is not None:
+                fields["jitter"] = value
         for field, read in readers:
             value = read(_at(raw, field, path) or _at(raw, aliases.get(field, field), path))
             if value is not None:

@@ -1,25 +1,34 @@
 """Effects derived from new events: tasks to dispatch, timers to arm or disarm,
-event-wait subscriptions to register or drop. Pure; the store writes them in
-the same atomic script as the events, so they exist if and only if the events do.
+event-wait subscriptions to register or drop, and commands for other instances
+(sub-workflows and their parents) put in the partition's outbox. Pure; the
+store writes them in the same atomic script as the events, so they exist if and
+only if the events do.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
-from .keys import Keys, encode_shape, filter_shape
+from .keys import Keys, encode_shape, filter_shape, partition_of
 from .model import (
+    STEP_DELAYED,
+    ChildStarted,
+    CompensationStarted,
     Event,
     NotificationScheduled,
     State,
     StepCompleted,
+    StepDelayed,
     StepFailed,
+    StepIterationCompleted,
     StepScheduled,
+    StepSkipped,
     StepWaiting,
     TaskData,
     WorkflowCancelled,
+    WorkflowCompensated,
     WorkflowCompleted,
     WorkflowCreated,
     WorkflowFailed,
@@ -30,7 +39,7 @@ from .model import (
 
 
 class Effects:
-    __slots__ = ("tasks", "timers_add", "timers_rem", "sadd", "srem")
+    __slots__ = ("tasks", "timers_add", "timers_rem", "sadd", "srem", "outbox")
 
     def __init__(self) -> None:
         # (task stream key, task_id, step, attempt, data JSON)
@@ -39,9 +48,11 @@ class Effects:
         self.timers_rem: list[str] = []
         self.sadd: list[tuple[str, str]] = []
         self.srem: list[tuple[str, str]] = []
+        # commands for instances in other partitions: (target inbox key, command fields)
+        self.outbox: list[tuple[str, dict[str, str]]] = []
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.timers_add or self.timers_rem or self.sadd or self.srem)
+        return bool(self.tasks or self.timers_add or self.timers_rem or self.sadd or self.srem or self.outbox)
 
 
 def timer_member(instance_id: str, kind: str, step: str, attempt: int) -> str:
@@ -59,80 +70,178 @@ def wait_member(instance_id: str, step: str, attempt: int) -> str:
 
 
 def plan(before: State, events: list[Event], keys: Keys, p: int) -> Effects:
-    fx = Effects()
-    iid = before.id
-    waits: dict[str, StepWaiting] = {n: st.wait for n, st in before.steps.items() if st.wait is not None}
-    timeouts: dict[str, int] = {n: st.attempt for n, st in before.steps.items() if st.timeout_at is not None}
-    retries: dict[str, int] = {n: st.attempt for n, st in before.steps.items() if st.retry_at is not None}
-    context: dict[str, Any] = before.context
-    workflow, correlation_id = before.workflow, before.correlation_id
-    deadline = before.timeout_at
-    for e in events:
-        if isinstance(e, WorkflowCreated):
-            iid, context = e.instance_id, e.context
-            workflow, correlation_id = e.workflow, e.correlation_id
-        elif isinstance(e, (WorkflowStarted, WorkflowRetried)):
-            if e.timeout_at is not None:
-                if deadline is not None:
-                    fx.timers_rem.append(timer_member(iid, "workflow_timeout", "", 0))
-                fx.timers_add.append((e.timeout_at, timer_member(iid, "workflow_timeout", "", 0)))
-                deadline = e.timeout_at
-        elif isinstance(e, (WorkflowCompleted, WorkflowFailed)):
-            if deadline is not None:
-                fx.timers_rem.append(timer_member(iid, "workflow_timeout", "", 0))
-                deadline = None
-        elif isinstance(e, StepScheduled):
-            data = TaskData(
-                service=e.queue, endpoint=e.endpoint, input=e.input, context=context,
-                workflow=workflow, correlation_id=correlation_id,
-            )
-            fx.tasks.append((keys.tasks(p, e.queue), e.task_id, e.step, e.attempt, encode(data)))
-            retries.pop(e.step, None)
-            if e.timeout_at is not None:
-                fx.timers_add.append((e.timeout_at, timer_member(iid, "timeout", e.step, e.attempt)))
-                timeouts[e.step] = e.attempt
-        elif isinstance(e, StepWaiting):
-            shape = filter_shape(e.filter)
-            index = keys.wait_index(p, e.event_type, shape, [e.filter[k] for k in shape])
-            fx.sadd.append((keys.wait_shapes(p, e.event_type), encode_shape(shape)))
-            fx.sadd.append((index, wait_member(iid, e.step, e.attempt)))
-            waits[e.step] = e
-            retries.pop(e.step, None)
-            if e.timeout_at is not None:
-                fx.timers_add.append((e.timeout_at, timer_member(iid, "timeout", e.step, e.attempt)))
-                timeouts[e.step] = e.attempt
-        elif isinstance(e, (StepCompleted, StepFailed)):
-            _disarm(fx, keys, p, iid, e.step, waits, timeouts)
-            if isinstance(e, StepFailed) and e.retry_at is not None:
-                fx.timers_add.append((e.retry_at, timer_member(iid, "retry", e.step, e.attempt)))
-                retries[e.step] = e.attempt
-        elif isinstance(e, NotificationScheduled):
-            data = TaskData(
-                service=e.queue, endpoint=e.endpoint, input=e.input, context=context,
-                workflow=workflow, correlation_id=correlation_id, kind="notification",
-            )
-            fx.tasks.append((keys.tasks(p, e.queue), e.task_id, e.step, e.attempt, encode(data)))
-        elif isinstance(e, WorkflowCancelled):
-            if deadline is not None:
-                fx.timers_rem.append(timer_member(iid, "workflow_timeout", "", 0))
-                deadline = None
-            for step in list(waits) + list(timeouts):
-                _disarm(fx, keys, p, iid, step, waits, timeouts)
-            for step, attempt in retries.items():
-                fx.timers_rem.append(timer_member(iid, "retry", step, attempt))
-            retries.clear()
-    return fx
+    planner = _Planner(before, keys, p)
+    for event in events:
+        handler = _PLANNERS.get(type(event))
+        if handler is not None:
+            handler(planner, event)
+    return planner.fx
 
 
-def _disarm(
-    fx: Effects, keys: Keys, p: int, iid: str, step: str,
-    waits: dict[str, StepWaiting], timeouts: dict[str, int],
-) -> None:
-    wait = waits.pop(step, None)
-    if wait is not None:
+class _Planner:
+    """Walks the new events, remembering what is armed so it can be disarmed."""
+
+    def __init__(self, before: State, keys: Keys, p: int) -> None:
+        self.fx = Effects()
+        self.keys = keys
+        self.p = p
+        self.iid = before.id
+        self.context: dict[str, Any] = before.context
+        self.workflow, self.correlation_id, self.parent = before.workflow, before.correlation_id, before.parent
+        self.deadline = before.timeout_at
+        steps = before.steps.items()
+        self.waits = {n: st.wait for n, st in steps if st.wait is not None}
+        self.timeouts = {n: st.attempt for n, st in steps if st.timeout_at is not None}
+        self.retries = {n: st.attempt for n, st in steps if st.retry_at is not None}
+        self.delays = {n: st.attempt for n, st in steps if st.status == STEP_DELAYED}
+
+    def timer(self, at: int, kind: str, step: str, attempt: int) -> None:
+        self.fx.timers_add.append((at, timer_member(self.iid, kind, step, attempt)))
+
+    def untimer(self, kind: str, step: str, attempt: int) -> None:
+        self.fx.timers_rem.append(timer_member(self.iid, kind, step, attempt))
+
+    def disarm(self, step: str) -> None:
+        wait = self.waits.pop(step, None)
+        if wait is not None:
+            self.fx.srem.append((self.wait_key(wait), wait_member(self.iid, step, wait.attempt)))
+        attempt = self.timeouts.pop(step, None)
+        if attempt is not None:
+            self.untimer("timeout", step, attempt)
+
+    def wait_key(self, wait: StepWaiting) -> str:
         shape = filter_shape(wait.filter)
-        index = keys.wait_index(p, wait.event_type, shape, [wait.filter[k] for k in shape])
-        fx.srem.append((index, wait_member(iid, step, wait.attempt)))
-    attempt = timeouts.pop(step, None)
-    if attempt is not None:
-        fx.timers_rem.append(timer_member(iid, "timeout", step, attempt))
+        return self.keys.wait_index(self.p, wait.event_type, shape, [wait.filter[k] for k in shape])
+
+    def end_deadline(self) -> None:
+        if self.deadline is not None:
+            self.untimer("workflow_timeout", "", 0)
+            self.deadline = None
+
+    def tell_parent(self, type_: str, data: dict[str, Any]) -> None:
+        """A sub-workflow's outcome becomes its parent step's result."""
+        parent = self.parent
+        if parent is None:
+            return
+        body = {"step": parent.step, "attempt": parent.attempt, "task_id": self.iid, **data}
+        target = self.keys.inbox(self.keys.partition(parent.id))
+        self.fx.outbox.append((target, {"type": type_, "id": parent.id, "data": orjson.dumps(body).decode(),
+                                        "cmd_id": f"child:{self.iid}:{type_}"}))
+
+    def task(self, e: StepScheduled | NotificationScheduled, kind: str, iteration: int | None = None) -> None:
+        data = TaskData(service=e.queue, endpoint=e.endpoint, input=e.input, context=self.context,
+                        workflow=self.workflow, correlation_id=self.correlation_id, kind=kind, iteration=iteration)
+        self.fx.tasks.append((self.keys.tasks(self.p, e.queue), e.task_id, e.step, e.attempt, encode(data)))
+
+
+def _created(pl: _Planner, e: WorkflowCreated) -> None:
+    pl.iid, pl.context = e.instance_id, e.context
+    pl.workflow, pl.correlation_id, pl.parent = e.workflow, e.correlation_id, e.parent
+
+
+def _started(pl: _Planner, e: WorkflowStarted | WorkflowRetried) -> None:
+    if e.timeout_at is not None:
+        pl.end_deadline()
+        pl.timer(e.timeout_at, "workflow_timeout", "", 0)
+        pl.deadline = e.timeout_at
+
+
+def _completed(pl: _Planner, e: WorkflowCompleted) -> None:
+    pl.end_deadline()
+    pl.tell_parent("step.completed", {"output": e.output})
+
+
+def _failed(pl: _Planner, e: WorkflowFailed | WorkflowCompensated) -> None:
+    pl.end_deadline()
+    what = "failed" if isinstance(e, WorkflowFailed) else "was compensated"
+    message = f"child workflow {pl.iid} {what}" + (f": {e.error.message}" if e.error else "")
+    pl.tell_parent("step.failed", {"error": {"message": message, "retryable": False, "kind": "child"}})
+
+
+def _compensating(pl: _Planner, e: CompensationStarted) -> None:
+    pl.end_deadline()
+
+
+def _cancelled(pl: _Planner, e: WorkflowCancelled) -> None:
+    pl.end_deadline()
+    for step in list(pl.waits) + list(pl.timeouts):
+        pl.disarm(step)
+    for step, attempt in pl.retries.items():
+        pl.untimer("retry", step, attempt)
+    for step, attempt in pl.delays.items():
+        pl.untimer("delay", step, attempt)
+    pl.retries.clear()
+    pl.delays.clear()
+    pl.tell_parent("step.failed", {"error": {"message": f"child workflow {pl.iid} was cancelled",
+                                             "retryable": False, "kind": "child"}})
+
+
+def _scheduled(pl: _Planner, e: StepScheduled) -> None:
+    pl.task(e, "step", e.iteration)
+    pl.retries.pop(e.step, None)
+    if e.timeout_at is not None:
+        pl.timer(e.timeout_at, "timeout", e.step, e.attempt)
+        pl.timeouts[e.step] = e.attempt
+
+
+def _waiting(pl: _Planner, e: StepWaiting) -> None:
+    shape = filter_shape(e.filter)
+    pl.fx.sadd.append((pl.keys.wait_shapes(pl.p, e.event_type), encode_shape(shape)))
+    pl.fx.sadd.append((pl.wait_key(e), wait_member(pl.iid, e.step, e.attempt)))
+    pl.waits[e.step] = e
+    pl.retries.pop(e.step, None)
+    if e.timeout_at is not None:
+        pl.timer(e.timeout_at, "timeout", e.step, e.attempt)
+        pl.timeouts[e.step] = e.attempt
+
+
+def _step_over(pl: _Planner, e: StepCompleted | StepFailed | StepIterationCompleted | StepSkipped) -> None:
+    pl.disarm(e.step)
+    pl.delays.pop(e.step, None)
+    if isinstance(e, StepFailed) and e.retry_at is not None:
+        pl.timer(e.retry_at, "retry", e.step, e.attempt)
+        pl.retries[e.step] = e.attempt
+
+
+def _delayed(pl: _Planner, e: StepDelayed) -> None:
+    pl.timer(e.until, "delay", e.step, e.attempt)
+    pl.delays[e.step] = e.attempt
+    pl.retries.pop(e.step, None)
+
+
+def _child(pl: _Planner, e: ChildStarted) -> None:
+    data: dict[str, Any] = {"workflow": e.workflow, "context": e.input,
+                            "parent": {"id": pl.iid, "step": e.step, "attempt": e.attempt}}
+    if e.version:
+        data["version"] = e.version
+    if pl.correlation_id:
+        data["correlation_id"] = pl.correlation_id  # a child shares its parent's correlation id
+    target = pl.keys.inbox(partition_of(e.child_id, pl.keys.partitions))
+    pl.fx.outbox.append((target, {"type": "start", "id": e.child_id, "data": orjson.dumps(data).decode(),
+                                  "cmd_id": f"start:{e.child_id}"}))
+    pl.retries.pop(e.step, None)
+
+
+def _notification(pl: _Planner, e: NotificationScheduled) -> None:
+    pl.task(e, "notification")
+
+
+_PLANNERS: dict[type, Callable[[_Planner, Any], None]] = {
+    WorkflowCreated: _created,
+    WorkflowStarted: _started,
+    WorkflowRetried: _started,
+    WorkflowCompleted: _completed,
+    WorkflowFailed: _failed,
+    WorkflowCompensated: _failed,
+    CompensationStarted: _compensating,
+    WorkflowCancelled: _cancelled,
+    StepScheduled: _scheduled,
+    StepWaiting: _waiting,
+    StepCompleted: _step_over,
+    StepFailed: _step_over,
+    StepIterationCompleted: _step_over,
+    StepSkipped: _step_over,
+    StepDelayed: _delayed,
+    ChildStarted: _child,
+    NotificationScheduled: _notification,
+}

@@ -13,6 +13,19 @@ import msgspec
 
 from .model import (
     STATUS_CANCELLED,
+    STATUS_COMPENSATED,
+    STATUS_COMPENSATING,
+    STEP_CHILD,
+    STEP_DELAYED,
+    STEP_SKIPPED,
+    ChildStarted,
+    CompensationStarted,
+    SignalReceived,
+    StepDelayed,
+    StepIterationCompleted,
+    StepSkipped,
+    StepState,
+    WorkflowCompensated,
     STATUS_COMPLETED,
     STATUS_CREATED,
     STATUS_FAILED,
@@ -81,6 +94,7 @@ def _created(s: State, e: WorkflowCreated, ts: int | None) -> None:
     s.def_version = e.version
     s.context = e.context
     s.correlation_id = e.correlation_id
+    s.parent = e.parent
     s.created_ms = ts
 
 
@@ -91,6 +105,13 @@ def _started(s: State, e: WorkflowStarted, ts: int | None) -> None:
 
 def _scheduled(s: State, e: StepScheduled, ts: int | None) -> None:
     prev = s.step(e.step)
+    results, parts, iteration, items = prev.results, prev.parts, prev.iteration, prev.items
+    if e.items is not None:  # a loop starts: its items, from the first
+        items, results, parts, iteration = e.items, [], 0, 0
+    elif items is not None and e.iteration is not None:  # a loop's next item, or a retry of this one
+        iteration = e.iteration
+    elif e.attempt != prev.attempt:  # a validation step's parts start over at each attempt
+        results, parts = [], 0
     s.steps[e.step] = replace(
         prev,
         status=STEP_SCHEDULED,
@@ -101,6 +122,10 @@ def _scheduled(s: State, e: StepScheduled, ts: int | None) -> None:
         timeout_at=e.timeout_at,
         started_ms=prev.started_ms if prev.started_ms is not None else ts,
         finished_ms=None,
+        results=results,
+        parts=parts,
+        iteration=iteration,
+        items=items,
     )
 
 
@@ -149,6 +174,58 @@ def _failed(s: State, e: StepFailed, ts: int | None) -> None:
     )
 
 
+def _iteration_completed(s: State, e: StepIterationCompleted, ts: int | None) -> None:
+    prev = s.step(e.step)
+    results = list(prev.results)
+    results.extend([None] * (e.iteration + 1 - len(results)))
+    results[e.iteration] = e.output
+    s.steps[e.step] = replace(
+        prev,
+        results=results,
+        parts=prev.parts + 1,
+        # each loop item gets a fresh attempt budget
+        budget_from=e.attempt if prev.items is not None else prev.budget_from,
+    )
+
+
+def _skipped(s: State, e: StepSkipped, ts: int | None) -> None:
+    prev = s.step(e.step)
+    s.steps[e.step] = replace(prev, status=STEP_SKIPPED, reason=e.reason, finished_ms=ts)
+
+
+def _delayed(s: State, e: StepDelayed, ts: int | None) -> None:
+    prev = s.step(e.step)
+    s.steps[e.step] = replace(
+        prev, status=STEP_DELAYED, attempt=e.attempt, error=None, retry_at=None, finished_ms=None,
+        started_ms=prev.started_ms if prev.started_ms is not None else ts,
+    )
+
+
+def _child_started(s: State, e: ChildStarted, ts: int | None) -> None:
+    prev = s.step(e.step)
+    s.steps[e.step] = replace(
+        prev, status=STEP_CHILD, attempt=e.attempt, child_id=e.child_id, task_id=e.child_id, error=None,
+        retry_at=None, finished_ms=None, started_ms=prev.started_ms if prev.started_ms is not None else ts,
+    )
+
+
+def _signalled(s: State, e: SignalReceived, ts: int | None) -> None:
+    s.signals = {**s.signals, e.name: e.payload}
+
+
+def _compensating(s: State, e: CompensationStarted, ts: int | None) -> None:
+    s.status = STATUS_COMPENSATING
+    s.compensation = list(e.steps)
+    s.error = e.error
+    s.failed_step = e.step
+
+
+def _compensated(s: State, e: WorkflowCompensated, ts: int | None) -> None:
+    s.status = STATUS_COMPENSATED
+    s.finished_ms = ts
+    s.timeout_at = None
+
+
 def _notified(s: State, e: NotificationScheduled, ts: int | None) -> None:
     return None  # recorded in the history; the instance's state does not change
 
@@ -169,7 +246,11 @@ def _retried(s: State, e: WorkflowRetried, ts: int | None) -> None:
     s.timeout_at = e.timeout_at
     for name in e.steps:
         prev = s.step(name)
-        s.steps[name] = replace(prev, budget_from=prev.attempt, handler_retries=0, continued=False)
+        # Back to pending with a fresh budget; attempt numbers keep counting so
+        # every attempt keeps its own task id.
+        s.steps[name] = StepState(attempt=prev.attempt, budget_from=prev.attempt, started_ms=prev.started_ms)
+    if e.from_step is not None and e.input is not None:
+        s.overrides = {**s.overrides, e.from_step: e.input}
 
 
 def _wf_completed(s: State, e: WorkflowCompleted, ts: int | None) -> None:
@@ -192,7 +273,7 @@ def _cancelled(s: State, e: WorkflowCancelled, ts: int | None) -> None:
     s.finished_ms = ts
     s.timeout_at = None
     for name, st in list(s.steps.items()):
-        if st.status in (STEP_WAITING, STEP_RETRYING, STEP_SCHEDULED):
+        if st.status in (STEP_WAITING, STEP_RETRYING, STEP_SCHEDULED, STEP_DELAYED):
             s.steps[name] = replace(st, wait=None, timeout_at=None, retry_at=None)
 
 
@@ -208,6 +289,13 @@ _HANDLERS: dict[type, Callable[[State, Any, int | None], None]] = {
     StepCompleted: _completed,
     StepFailed: _failed,
     NotificationScheduled: _notified,
+    StepIterationCompleted: _iteration_completed,
+    StepSkipped: _skipped,
+    StepDelayed: _delayed,
+    ChildStarted: _child_started,
+    SignalReceived: _signalled,
+    CompensationStarted: _compensating,
+    WorkflowCompensated: _compensated,
     WorkflowPaused: _paused,
     WorkflowResumed: _resumed,
     WorkflowRetried: _retried,

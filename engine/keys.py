@@ -22,6 +22,7 @@ QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
 ENGINE_GROUP = "engine"
 ROUTER_GROUP = "router"
 ACTIVITY_GROUP = "activities"
+RELAY_GROUP = "relay"
 
 
 def partition_of(instance_id: str, partitions: int) -> int:
@@ -82,6 +83,9 @@ class Keys:
 
     def tasks(self, p: int, queue: str) -> str:
         return f"{self._tags[p]}:tasks:{queue}"
+
+    def outbox(self, p: int) -> str:
+        return f"{self._tags[p]}:outbox"
 
     def lease(self, p: int) -> str:
         return f"{self._tags[p]}:lease"

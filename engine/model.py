@@ -27,11 +27,20 @@ class Command(_Wire, frozen=True, tag_field="type"):
     pass
 
 
+class ParentRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The parent step a sub-workflow answers: its outcome becomes that step's result."""
+
+    id: str
+    step: str
+    attempt: int
+
+
 class StartWorkflow(Command, frozen=True, kw_only=True, tag="start"):
     workflow: str
     version: str | None = None
     context: dict[str, JSON] = {}
     correlation_id: str | None = None
+    parent: ParentRef | None = None
 
 
 class StepError(_Wire, frozen=True):
@@ -46,6 +55,7 @@ class CompleteStep(Command, frozen=True, kw_only=True, tag="step.completed"):
     attempt: int
     task_id: str | None = None
     output: JSON = None
+    iteration: int | None = None  # which item of a loop, or rule of a validation step
 
 
 class FailStep(Command, frozen=True, kw_only=True, tag="step.failed"):
@@ -53,6 +63,7 @@ class FailStep(Command, frozen=True, kw_only=True, tag="step.failed"):
     attempt: int
     error: StepError
     task_id: str | None = None
+    iteration: int | None = None
 
 
 class CancelWorkflow(Command, frozen=True, kw_only=True, tag="cancel"):
@@ -68,7 +79,21 @@ class ResumeWorkflow(Command, frozen=True, kw_only=True, tag="resume"):
 
 
 class RetryWorkflow(Command, frozen=True, kw_only=True, tag="retry"):
-    """Run a failed instance again: every failed step gets a fresh attempt budget."""
+    """Run a failed instance again: every failed step gets a fresh attempt budget.
+
+    With ``from_step`` the run rewinds to that step (it and everything after it
+    run again), optionally with edited ``input`` for it.
+    """
+
+    from_step: str | None = None
+    input: JSON = None
+
+
+class SignalWorkflow(Command, frozen=True, kw_only=True, tag="signal"):
+    """A named payload for a running instance; templates read it as signals.<name>."""
+
+    name: str
+    payload: JSON = None
 
 
 class DeliverEvent(Command, frozen=True, kw_only=True, tag="event"):
@@ -85,7 +110,7 @@ class DeliverEvent(Command, frozen=True, kw_only=True, tag="event"):
 class FireTimer(Command, frozen=True, kw_only=True, tag="timer"):
     """A durable timer that came due (moved from the timer set by a script)."""
 
-    kind: str  # "retry" | "timeout" | "workflow_timeout" (step "" and attempt 0)
+    kind: str  # "retry" | "timeout" | "delay" | "workflow_timeout" (step "" and attempt 0)
     step: str
     attempt: int
 
@@ -98,6 +123,7 @@ AnyCommand = Union[
     PauseWorkflow,
     ResumeWorkflow,
     RetryWorkflow,
+    SignalWorkflow,
     DeliverEvent,
     FireTimer,
 ]
@@ -135,6 +161,7 @@ class WorkflowCreated(Event, frozen=True, kw_only=True, tag="workflow.created"):
     version: str
     context: dict[str, JSON] = {}
     correlation_id: str | None = None
+    parent: ParentRef | None = None
 
 
 class WorkflowStarted(Event, frozen=True, kw_only=True, tag="workflow.started"):
@@ -149,6 +176,8 @@ class StepScheduled(Event, frozen=True, kw_only=True, tag="workflow.step_schedul
     endpoint: str | None = None
     input: JSON = None
     timeout_at: int | None = None
+    iteration: int | None = None  # a loop item or validation rule, by position
+    items: list[JSON] | None = None  # a loop's resolved items, on its first iteration
 
 
 class StepWaiting(Event, frozen=True, kw_only=True, tag="workflow.step_waiting"):
@@ -166,10 +195,39 @@ class StepCompleted(Event, frozen=True, kw_only=True, tag="workflow.step_complet
     event_id: str | None = None  # for an event wait: the ff:events entry that satisfied it
 
 
+class StepIterationCompleted(Event, frozen=True, kw_only=True, tag="workflow.step_iteration_completed"):
+    step: str
+    attempt: int
+    iteration: int
+    output: JSON = None
+
+
+class StepSkipped(Event, frozen=True, kw_only=True, tag="workflow.step_skipped"):
+    step: str
+    attempt: int = 0
+    reason: str
+
+
+class StepDelayed(Event, frozen=True, kw_only=True, tag="workflow.step_delayed"):
+    step: str
+    attempt: int
+    until: int
+
+
+class ChildStarted(Event, frozen=True, kw_only=True, tag="workflow.child_started"):
+    step: str
+    attempt: int
+    child_id: str
+    workflow: str
+    version: str | None = None
+    input: dict[str, JSON] = {}
+
+
 class StepFailed(Event, frozen=True, kw_only=True, tag="workflow.step_failed"):
     step: str
     attempt: int
     error: StepError
+    iteration: int | None = None
     retry_at: int | None = None  # set when another attempt is scheduled
     handler_retry: bool = False  # that attempt comes from an error handler's retry budget
     continued: bool = False  # final, but the error handler lets the workflow go on
@@ -193,8 +251,26 @@ class WorkflowResumed(Event, frozen=True, kw_only=True, tag="workflow.resumed"):
 
 
 class WorkflowRetried(Event, frozen=True, kw_only=True, tag="workflow.retried"):
-    steps: list[str] = []
+    steps: list[str] = []  # the steps that run again (reset to pending)
     timeout_at: int | None = None  # a retried run gets a fresh workflow deadline
+    from_step: str | None = None
+    input: JSON = None  # edited input for from_step, kept in the history as given
+
+
+class SignalReceived(Event, frozen=True, kw_only=True, tag="workflow.signal_received"):
+    name: str
+    payload: JSON = None
+
+
+class CompensationStarted(Event, frozen=True, kw_only=True, tag="workflow.compensating"):
+    steps: list[str] = []  # the compensation steps, in the order they will run
+    step: str | None = None  # the step whose failure started it
+    error: StepError | None = None
+
+
+class WorkflowCompensated(Event, frozen=True, kw_only=True, tag="workflow.compensated"):
+    step: str | None = None
+    error: StepError | None = None
 
 
 class WorkflowCompleted(Event, frozen=True, kw_only=True, tag="workflow.completed"):
@@ -223,10 +299,17 @@ AnyEvent = Union[
     StepWaiting,
     StepCompleted,
     StepFailed,
+    StepIterationCompleted,
+    StepSkipped,
+    StepDelayed,
+    ChildStarted,
     NotificationScheduled,
     WorkflowPaused,
     WorkflowResumed,
     WorkflowRetried,
+    SignalReceived,
+    CompensationStarted,
+    WorkflowCompensated,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCancelled,
@@ -249,6 +332,7 @@ class TaskData(msgspec.Struct, kw_only=True, omit_defaults=True):
     workflow: str | None = None
     correlation_id: str | None = None
     kind: str = "step"  # "step" | "notification"
+    iteration: int | None = None  # which loop item or validation rule
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):
@@ -266,6 +350,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     workflow: str | None = None
     correlation_id: str | None = None
     kind: str = "step"
+    iteration: int | None = None
     entry_id: str = ""
     queue_key: str = ""
 
@@ -279,6 +364,9 @@ STEP_WAITING = "waiting"
 STEP_RETRYING = "retrying"
 STEP_COMPLETED = "completed"
 STEP_FAILED = "failed"
+STEP_SKIPPED = "skipped"
+STEP_DELAYED = "delayed"
+STEP_CHILD = "child_running"
 
 STATUS_NONE = "none"  # no events yet: the instance does not exist
 STATUS_CREATED = "created"
@@ -287,7 +375,9 @@ STATUS_PAUSED = "paused"
 STATUS_FAILED = "failed"
 STATUS_COMPLETED = "completed"
 STATUS_CANCELLED = "cancelled"
-TERMINAL = frozenset({STATUS_COMPLETED, STATUS_CANCELLED})
+STATUS_COMPENSATING = "compensating"
+STATUS_COMPENSATED = "compensated"
+TERMINAL = frozenset({STATUS_COMPLETED, STATUS_CANCELLED, STATUS_COMPENSATED})
 
 
 class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -304,6 +394,12 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     continued: bool = False  # failed, but the workflow continues past it
     started_ms: int | None = None
     finished_ms: int | None = None
+    reason: str | None = None  # why it was skipped
+    iteration: int = 0  # a loop's current item
+    items: list[JSON] | None = None  # a loop's items
+    results: list[JSON] = []  # per-item (loop) or per-rule (validation) outputs so far
+    parts: int = 0  # how many parts (loop items / validation rules) completed at this attempt
+    child_id: str | None = None
 
 
 class State(msgspec.Struct, kw_only=True):
@@ -325,6 +421,10 @@ class State(msgspec.Struct, kw_only=True):
     finished_ms: int | None = None
     timeout_at: int | None = None
     seen: frozenset[str] = frozenset()
+    parent: ParentRef | None = None
+    signals: dict[str, JSON] = {}
+    overrides: dict[str, JSON] = {}  # edited step inputs from retry --from-step --input
+    compensation: list[str] = []  # the compensation steps in run order, once started
 
     def step(self, name: str) -> StepState:
         return self.steps.get(name) or _PENDING

@@ -230,6 +230,9 @@ class Store:
             args += ("S", ref(key), member)
         for key, member in fx.srem:
             args += ("s", ref(key), member)
+        for target, command in fx.outbox:
+            args += ("O", ref(k.outbox(r.p)), target, command["type"], command["id"], command["data"],
+                     command["cmd_id"])
         return keys, args
 
     # -- dead letters, timers ----------------------------------------------

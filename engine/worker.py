@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import redis.asyncio as aioredis
 
@@ -48,6 +48,7 @@ class StateCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self._items: OrderedDict[str, tuple[State, str | None]] = OrderedDict()
+        self.hits = self.misses = 0  # ops: lookups by the engine worker (cache hit ratio)
 
     def get(self, iid: str) -> tuple[State, str | None] | None:
         item = self._items.get(iid)
@@ -87,7 +88,9 @@ class Stats:
 
 
 class EngineWorker:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, *, clock: Callable[[], int] = clock_ms) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, clock: Callable[[], int] = clock_ms,
+                 observer: Any = None) -> None:
+        self.observer = observer  # ops: metrics and transition logs (engine.observe.EngineObserver)
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.prefix, settings.partitions)
@@ -260,6 +263,8 @@ class EngineWorker:
                     cached = self.cache.get(iid)
                     last = res.last_id or (cached[1] if cached else None)
                     self.cache.put(iid, new_state, last)
+                    if self.observer is not None:  # ops: outcome metrics, one log line per transition
+                        self.observer.appended(iid, req.events, new_state)
                     self.stats.events += len(req.events)
                     if not req.events:
                         self.stats.ignored += len(envs)
@@ -349,6 +354,8 @@ class EngineWorker:
         wanted: list[tuple[str, State, str | None]] = []
         for iid in todo:
             cached = self.cache.get(iid)
+            self.cache.hits += cached is not None and iid not in stale  # ops: cache hit ratio
+            self.cache.misses += cached is None or iid in stale
             if cached is None:
                 wanted.append((iid, INITIAL, None))
             elif iid in stale:

@@ -181,8 +181,9 @@ def envelope(*steps: Any, **definition: Any) -> dict[str, Any]:
         (envelope(call("x" * 101)), "definition.steps[0].name", "invalid step name"),
         (envelope(call("a"), call("a")), "definition.steps[1].name", "duplicate step name 'a'"),
         (envelope({"name": "a", "service": "s"}), "definition.steps[0].type", "required"),
-        (envelope(call("a", type="loop")), "definition.steps[0].type",
-         "unknown step type 'loop' (supported: service_call, event_wait)"),
+        (envelope(call("a", type="teleport")), "definition.steps[0].type",
+         "unknown step type 'teleport' (supported: service_call, event_wait, conditional, loop, validation, "
+         "delay, sub_workflow)"),
         (envelope({"name": "a", "type": "service_call"}), "definition.steps[0].service",
          "required for service_call steps"),
         (envelope({"name": "a", "type": "event_wait"}), "definition.steps[0].event_type",
@@ -260,7 +261,7 @@ def test_all_problems_at_once() -> None:
         "steps": [
             {"name": "ok", "type": "service_call", "service": "s"},
             {"name": "bad name", "type": "service_call"},
-            {"name": "w", "type": "validation", "depends_on": ["ghost"]},
+            {"name": "w", "type": "teleport", "depends_on": ["ghost"]},
             {"name": "ok", "type": "event_wait", "timeout": "forever"},
             7,
         ],
@@ -272,7 +273,7 @@ def test_all_problems_at_once() -> None:
         ("version", "required"),
         ("steps[1].name", "invalid step name 'bad name'"),
         ("steps[1].service", "required for service_call steps"),
-        ("steps[2].type", "unknown step type 'validation'"),
+        ("steps[2].type", "unknown step type 'teleport'"),
         ("steps[3].name", "duplicate step name 'ok'"),
         ("steps[3].event_type", "required for event_wait steps"),
         ("steps[3].timeout", "not a duration: 'forever'"),
@@ -333,12 +334,18 @@ def test_document_of_copies_mappings() -> None:
 # The YAML example
 
 
-def test_yaml_example_reports_only_the_unsupported_step_type() -> None:
-    with pytest.raises(DefinitionError) as caught:
-        load_definition_file(REGISTRATION_YAML)
-    assert caught.value.problems == [
-        Problem("spec.steps[0].type", "unknown step type 'validation' (supported: service_call, event_wait)")
-    ]
+def test_yaml_example_parses_as_it_is() -> None:
+    d = load_definition_file(REGISTRATION_YAML)
+    validate = d.step("validate_input")
+    assert validate.type == "validation"
+    assert [(r.field, r.rule, r.service) for r in validate.validation_rules] == [
+        ("email", "unique_email", "user-service"), ("username", "unique_username", "user-service")]
+    wait = d.step("wait_for_verification")
+    assert wait.on_timeout == ErrorHandler(step="wait_for_verification", action="compensate")
+    assert [s.name for s in d.compensation] == ["cleanup_user_account", "cleanup_user_profile"]
+    assert d.step("cleanup_user_profile").condition == "{{ steps.create_user_profile.completed }}"
+    assert d.input_schema is not None and d.input_schema["required"] == ["username", "email", "password"]
+    assert set(d.output["schema"]["properties"]) == {"user_id", "status", "activation_date"}
 
 
 def registration(**first_step: Any) -> Definition:
@@ -351,7 +358,8 @@ def test_yaml_example_with_the_validation_step_swapped() -> None:
     d = registration(type="service_call", service="user-service")
     assert (d.name, d.version) == ("user-registration-workflow", "1.2.0")
     assert d.timeout_ms == 30 * 60_000
-    default = RetryPolicy(max_attempts=3, backoff_base=2.0, backoff_multiplier=5_000, max_delay_ms=300_000)
+    default = RetryPolicy(max_attempts=3, backoff_base=2.0, backoff_multiplier=5_000, max_delay_ms=300_000,
+                          jitter=0.1)
     assert d.step("validate_input").retry_policy == default
     assert [default.delay_ms(a) for a in (1, 2, 3, 7)] == [5_000, 10_000, 20_000, 300_000]
     assert d.step("validate_input").on_error == ErrorHandler(
@@ -405,9 +413,7 @@ def test_load_definition_file_sniffs_unknown_suffix(tmp_path: Path) -> None:
     json_file.write_text(AGENT_JSON.read_text())
     yaml_file.write_text(REGISTRATION_YAML.read_text())
     assert load_definition_file(json_file).name == "Agent Task Execution"
-    with pytest.raises(DefinitionError) as caught:
-        load_definition_file(yaml_file)
-    assert [p.path for p in caught.value.problems] == ["spec.steps[0].type"]
+    assert load_definition_file(yaml_file).name == "user-registration-workflow"
 
 
 # Durations, versions, canonical JSON, retry delays
@@ -483,11 +489,11 @@ def test_handler_backoff_spellings() -> None:
     assert d.step("a").on_error is not None and d.step("a").on_error.action == "retry"
 
 
-def test_compensate_is_refused_until_compensation_is_supported() -> None:
+def test_compensate_needs_a_compensation_block() -> None:
     doc = envelope(call("a"), error_handlers=[{"step": "a", "on_error": {"action": "compensate"}}])
     problem = only_problem(doc)
-    assert problem.path == "definition.error_handlers[0].on_error.action"
-    assert "'compensate' is not supported" in problem.message
+    assert problem.path == "definition.steps[0]"
+    assert "compensate needs a `compensation` block" in problem.message
 
 
 def test_on_failure_conflicting_with_error_handlers() -> None:

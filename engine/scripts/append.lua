@@ -21,6 +21,8 @@
 --            'z' member                        ZREM KEYS[4]
 --            'S' k member                      SADD KEYS[k]
 --            's' k member                      SREM KEYS[k]
+--            'O' k target type id data cmd_id  XADD KEYS[k] (the partition outbox): a command for
+--                                              an instance elsewhere, relayed after the fact
 --
 -- Returns {1, new version, id of the last event in the instance stream} when written,
 --         {0, current version}  when the expected version is stale (nothing written),
@@ -94,6 +96,10 @@ while pos <= n do
   elseif op == 's' then
     redis.call('SREM', KEYS[tonumber(ARGV[pos + 1])], ARGV[pos + 2])
     pos = pos + 3
+  elseif op == 'O' then
+    redis.call('XADD', KEYS[tonumber(ARGV[pos + 1])], '*', 'target', ARGV[pos + 2], 'type', ARGV[pos + 3],
+      'id', ARGV[pos + 4], 'data', ARGV[pos + 5], 'cmd_id', ARGV[pos + 6])
+    pos = pos + 7
   else
     return redis.error_reply('append.lua: unknown op ' .. tostring(op))
   end

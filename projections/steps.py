@@ -1,0 +1,84 @@
+"""The step history read model: per instance, one record per step execution
+attempt (and per notification sent), in the order the attempts began, stored
+as canonical JSON in the field ``steps`` of the instance's view hash. It lives
+apart from the instance stream, so it stays queryable after that is retired."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from engine.model import (
+    NotificationScheduled,
+    StepCompleted,
+    StepFailed,
+    StepScheduled,
+    StepWaiting,
+    WorkflowCancelled,
+)
+
+from .base import Applied, Doc, Projection
+
+OPEN = ("scheduled", "waiting")
+
+
+def _find(records: list[dict[str, Any]], step: str, attempt: int) -> int | None:
+    for i in range(len(records) - 1, -1, -1):
+        r = records[i]
+        if r["step"] == step and r["attempt"] == attempt and r["kind"] != "notification":
+            return i
+    return None
+
+
+def _attempt(step: str, attempt: int, kind: str, status: str, ts: int) -> dict[str, Any]:
+    return {"step": step, "attempt": attempt, "kind": kind, "status": status, "started_ms": ts,
+            "completed_ms": None, "duration_ms": None, "input": None, "output": None, "error": None}
+
+
+def _finish(records: list[dict[str, Any]], step: str, attempt: int, ts: int, **fields: Any) -> None:
+    i = _find(records, step, attempt)
+    # A failure before anything was dispatched (a template error) is an attempt of its own.
+    r = dict(records[i]) if i is not None else _attempt(step, attempt, "task", "scheduled", ts)
+    r.update(fields, completed_ms=ts, duration_ms=ts - int(r["started_ms"]))
+    if i is None:
+        records.append(r)
+    else:
+        records[i] = r
+
+
+def fold_steps(doc: Doc, iid: str, item: Applied) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = list(doc or [])
+    e, ts = item.event, item.ts
+    match e:
+        case StepScheduled():
+            r = _attempt(e.step, e.attempt, "task", "scheduled", ts)
+            r.update(task_id=e.task_id, queue=e.queue, endpoint=e.endpoint, input=e.input)
+            records.append(r)
+        case StepWaiting():
+            r = _attempt(e.step, e.attempt, "event_wait", "waiting", ts)
+            r.update(event_type=e.event_type, input=e.filter)
+            records.append(r)
+        case NotificationScheduled():
+            r = _attempt(e.step, e.attempt, "notification", "dispatched", ts)
+            r.update(task_id=e.task_id, queue=e.queue, endpoint=e.endpoint, input=e.input)
+            records.append(r)
+        case StepCompleted():
+            extra = {"event_id": e.event_id} if e.event_id else {}
+            _finish(records, e.step, e.attempt, ts, status="completed", output=e.output, **extra)
+        case StepFailed():
+            _finish(records, e.step, e.attempt, ts, status="failed", error=msgspec.to_builtins(e.error),
+                    retry_at=e.retry_at)
+        case WorkflowCancelled():
+            for i, r in enumerate(records):
+                if r["status"] in OPEN:
+                    records[i] = {**r, "status": "cancelled", "completed_ms": ts,
+                                  "duration_ms": ts - int(r["started_ms"])}
+    return records
+
+
+class Steps(Projection):
+    name = "steps"
+
+    def fold(self, doc: Doc, iid: str, item: Applied) -> Doc:
+        return fold_steps(doc, iid, item)

@@ -1,0 +1,236 @@
+"""Operations, with real worker processes on a real redis-server: each role's
+scrape moves during a run and validates with promtool; health endpoints answer
+with Redis up and down; `foldflow stuck` says what an instance waits for;
+`foldflow top` draws the right picture in a 100x30 tmux pane."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from engine.client import Client
+from engine.config import Settings
+from engine.embedded import RedisServer
+
+from .conftest import ROOT, run
+from .ops_support import SLOW_FLOW, env_for, free_port, get, spawn, stop, wait_http
+
+pytestmark = pytest.mark.redis
+PROMTOOL = shutil.which("promtool")
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def promtool_check(text: str) -> None:
+    if PROMTOOL is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus; .ci/run does)")
+    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+@pytest.fixture
+def deployment(settings: Settings, agent_example: bytes, tmp_path: Path) -> Any:
+    """An engine worker and an activity worker as processes, each with its metrics port."""
+    ports = {"engine": free_port(), "activities": free_port()}
+    env = env_for(settings, FOLDFLOW_METRICS_HOST="127.0.0.1", FOLDFLOW_LOG_FORMAT="json")
+    procs = {
+        "engine": spawn(["--metrics-port", str(ports["engine"]), "worker"], env, tmp_path / "engine.log"),
+        "activities": spawn(["--metrics-port", str(ports["activities"]), "activities", "--module",
+                             "engine.demo_handlers"], env, tmp_path / "activities.log"),
+    }
+    try:
+        for port in ports.values():
+            wait_http(f"http://127.0.0.1:{port}/health/liveness")
+        yield ports, procs, env
+    finally:
+        for p in procs.values():
+            stop(p)
+
+
+def run_instances(settings: Settings, agent_example: bytes, n: int) -> list[str]:
+    async def go() -> list[str]:
+        client = Client(aioredis.Redis.from_url(settings.redis_url), settings)
+        try:
+            definition, _ = await client.register(agent_example)
+            ids = [await client.start(definition.name, {"task_id": f"t{i}", "agent_id": "a", "flaky": i == 0},
+                                      correlation_id=f"ops-{i}") for i in range(n)]
+            for i, iid in enumerate(ids):
+                await client.wait(iid, timeout=20, statuses=frozenset({"running"}))
+                deadline = time.monotonic() + 20
+                while (await client.status(iid))["steps"]["execution_monitoring"]["status"] != "waiting":
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+                await client.publish("agent.task_completed", {"task_id": f"t{i}", "agent_id": "a"})
+            for iid in ids:
+                await client.wait(iid, timeout=30)
+            return ids
+        finally:
+            await client.close()
+
+    return run(go())
+
+
+def test_each_role_scrape_moves_and_passes_promtool(deployment: Any, settings: Settings, agent_example: bytes) -> None:
+    ports, _, _ = deployment
+    before = {role: get(f"http://127.0.0.1:{p}/metrics")[1].decode() for role, p in ports.items()}
+    ids = run_instances(settings, agent_example, 3)
+    status, body = get(f"http://127.0.0.1:{ports['engine']}/metrics")
+    engine = body.decode()
+    activities = get(f"http://127.0.0.1:{ports['activities']}/metrics")[1].decode()
+    assert status == 200
+    wf = "Agent Task Execution"
+    assert sample(before["engine"], "workflow_execution_count_total") == 0
+    assert sample(engine, "workflow_execution_count_total", workflow=wf, status="completed") == 3
+    assert sample(engine, "workflow_execution_duration_seconds_count", workflow=wf) == 3
+    assert sample(engine, "workflow_step_execution_duration_seconds_count", workflow=wf, step_type="service_call") >= 9
+    assert sample(engine, "step_error_rate_total", workflow=wf, kind="handler") == 1  # the flaky first attempt
+    assert sample(engine, "workflow_retry_count_total", workflow=wf) == 1
+    assert sample(engine, "foldflow_engine_commands_total") > sample(before["engine"], "foldflow_engine_commands_total")
+    assert sample(engine, "foldflow_engine_append_conflicts_total") >= 0
+    assert 0 < sample(engine, "foldflow_engine_cache_hit_ratio") <= 1
+    assert sample(engine, "foldflow_workers_alive", role="activities") == 1
+    assert sample(engine, "foldflow_router_commands_total") == 3
+    for p in range(settings.partitions):
+        assert f'foldflow_stream_lag_entries{{group="engine",partition="{p}",queue=""}}' in engine
+    assert "foldflow_dead_letter_entries" in engine and "foldflow_circuit_breaker_state" in engine
+    assert sample(activities, "foldflow_activity_tasks_total", service="agent-orchestrator", outcome="failed") == 1
+    assert sample(activities, "foldflow_activity_handler_duration_seconds_count") >= 9
+    assert 'group="activities"' in activities
+    # Bounded labels: no instance id and no correlation id ever appears in a scrape.
+    for text in (engine, activities):
+        values = set(re.findall(r'="([^"]*)"', re.sub(r"(?m)^#.*$", "", text)))
+        assert not values & ({f"ops-{i}" for i in range(3)} | set(ids)), values
+        assert {label for label in re.findall(r'[{,](\w+)="', text)} <= {
+            "workflow", "status", "step_type", "kind", "event", "service", "outcome", "group", "partition", "queue",
+            "role", "version", "le", "implementation", "major", "minor", "patchlevel"}
+        promtool_check(text)
+
+
+def test_health_endpoints_with_redis_up_and_down(tmp_path: Path) -> None:
+    server = RedisServer().start()
+    port = free_port()
+    settings = Settings(redis_url=server.url, prefix="ffh", partitions=2)
+    env = env_for(settings, FOLDFLOW_METRICS_HOST="127.0.0.1")
+    proc = spawn(["--metrics-port", str(port), "worker"], env, tmp_path / "w.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health/liveness")
+        deadline = time.monotonic() + 10
+        while get(f"{base}/health/readiness")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        code, body = get(f"{base}/health/readiness")
+        assert orjson.loads(body)["checks"] == {"redis": "ok", "scripts": "ok", "groups": "ok", "lifecycle": "ok"}
+        code, body = get(f"{base}/health/dependencies")
+        assert code == 200 and orjson.loads(body)["dependencies"]["redis"]["status"] == "ok"
+        cli = [sys.executable, "-m", "engine.cli", "health"]
+        assert subprocess.run([*cli, "--port", str(port)], env=env, capture_output=True, cwd=ROOT).returncode == 0
+        assert subprocess.run([*cli, "--direct"], env=env, capture_output=True, cwd=ROOT).returncode == 0
+        assert get(f"{base}/nope")[0] == 404
+
+        server.stop()  # Redis goes away
+        code, body = get(f"{base}/health/readiness")
+        assert code == 503 and orjson.loads(body)["checks"]["redis"].startswith("unreachable")
+        code, body = get(f"{base}/health/dependencies")
+        assert code == 503 and orjson.loads(body)["dependencies"]["redis"]["status"] == "fail"
+        assert get(f"{base}/health/liveness")[0] == 200  # the process is fine: do not restart it for Redis
+        assert sample(get(f"{base}/metrics")[1].decode(), "foldflow_redis_up") == 0
+        probe = subprocess.run([*cli, "--port", str(port)], env=env, capture_output=True, cwd=ROOT)
+        assert probe.returncode == 1
+        direct = subprocess.run([*cli, "--direct", "--timeout", "1"], env=env, capture_output=True, cwd=ROOT)
+        assert direct.returncode == 1 and b"unreachable" in direct.stdout
+    finally:
+        stop(proc)
+        server.stop()
+
+
+def test_stuck_names_what_each_instance_waits_for(deployment: Any, settings: Settings, agent_example: bytes) -> None:
+    _, _, env = deployment
+
+    async def go() -> tuple[str, str]:
+        client = Client(aioredis.Redis.from_url(settings.redis_url), settings)
+        try:
+            await client.register(orjson.dumps(SLOW_FLOW))  # its queue "ops-slow" has no worker here
+            definition, _ = await client.register(agent_example)
+            orphan = await client.start("ops-slow", {"sleep": 0}, instance_id="orphan-1")
+            waiter = await client.start(definition.name, {"task_id": "never", "agent_id": "x"}, instance_id="waiter-1")
+            deadline = time.monotonic() + 20
+            while (await client.status(waiter))["steps"]["execution_monitoring"]["status"] != "waiting":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            return orphan, waiter
+        finally:
+            await client.close()
+
+    run(go())
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "stuck", "--older-than", "0s", "--json"], env=env,
+                         capture_output=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 0, out.stderr
+    found = {s["instance_id"]: s for s in orjson.loads(out.stdout)}
+    assert set(found) == {"orphan-1", "waiter-1"}
+    assert "no live activity worker serves this queue" in found["orphan-1"]["waits_for"][0]
+    assert "'ops-slow'" in found["orphan-1"]["waits_for"][0]
+    assert "agent.task_completed" in found["waiter-1"]["waits_for"][0]
+    assert '"task_id":"never"' in found["waiter-1"]["waits_for"][0]
+    text = subprocess.run([sys.executable, "-m", "engine.cli", "stuck", "--older-than", "10m"], env=env,
+                          capture_output=True, cwd=ROOT, timeout=30)
+    assert text.returncode == 0 and b"no stuck instances" in text.stdout
+    bad = subprocess.run([sys.executable, "-m", "engine.cli", "stuck", "--older-than", "soon"], env=env,
+                         capture_output=True, cwd=ROOT, timeout=30)
+    assert bad.returncode == 2 and b"--older-than" in bad.stderr
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_top_in_a_100x30_terminal(deployment: Any, settings: Settings, agent_example: bytes) -> None:
+    _, _, env = deployment
+    run_instances(settings, agent_example, 2)
+    session = f"fftop{settings.prefix}"
+    exports = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith(("FOLDFLOW_", "REDIS_URL", "PYTHONPATH")))
+    cmd = f"cd {ROOT} && env {exports} {sys.executable} -m engine.cli top --interval 0.3"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd], check=True)
+    try:
+        deadline = time.monotonic() + 20
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                    text=True).stdout
+            if "Agent Task Execution" in screen and "WORKERS (2 alive)" in screen:
+                break
+            time.sleep(0.1)
+        lines = screen.splitlines()
+        assert len(lines) <= 30 and all(len(line) <= 100 for line in lines), screen
+        assert lines[0].startswith(f"foldflow top  prefix {settings.prefix}  partitions {settings.partitions}")
+        row = next(line for line in lines if line.startswith("Agent Task Execution"))
+        assert row.split()[-6:] == ["0", "0", "0", "0", "2", "0"], row  # running waiting paused failed completed cancelled
+        assert "INBOX LAG/PENDING  p0:0/0  p1:0/0  p2:0/0  p3:0/0" in screen
+        assert "engine" in screen and "activities" in screen
+        slow = [line for line in lines if "Agent Task Execution / " in line]
+        assert slow and "execution_monitoring" in screen
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        deadline = time.monotonic() + 5
+        while subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "q did not quit top"
+            time.sleep(0.05)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
