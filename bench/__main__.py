@@ -5,6 +5,7 @@ bench/RESULTS.md and bench/results.json (every raw figure, versions, machine).
     python -m bench run                 # the full run (about 10 minutes on 2 cores)
     python -m bench run --quick         # smoke run, under two minutes
     python -m bench run --cases 1,2,5   # a subset
+    python -m bench report              # RESULTS.md again from results.json (+ bench/limits.md)
 """
 
 from __future__ import annotations
@@ -140,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quick", action="store_true", help="small sizes, one run each: a smoke test (< 2 min)")
     run.add_argument("--cases", help="comma-separated case numbers (default: all, 1-8)")
     run.add_argument("--out", help="directory for RESULTS.md and results.json (default: bench/)")
+    rep = sub.add_parser("report", help="re-render RESULTS.md from results.json (e.g. after editing limits.md)")
+    rep.add_argument("--out", help="directory holding results.json (default: bench/)")
     args = ap.parse_args(argv)
+    if args.cmd == "report":
+        out = Path(args.out) if args.out else ROOT / "bench"
+        (out / "RESULTS.md").write_text(write_markdown(orjson.loads((out / "results.json").read_bytes())))
+        return 0
     return main_run(args)
 
 

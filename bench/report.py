@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from .harness import summary
@@ -162,8 +163,9 @@ def write_markdown(doc: dict[str, Any]) -> str:
         else:
             out.append(f"- **{who}**: `{settings}`")
     out += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v), ""]
-    if doc.get("analysis"):
-        out += ["## What limits foldflow here", "", doc["analysis"], ""]
+    limits = Path(__file__).with_name("limits.md")
+    if limits.exists():
+        out += [limits.read_text().rstrip(), ""]
     return "\n".join(out) + "\n"
 
 

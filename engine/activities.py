@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable, Union
 import orjson
 import redis.asyncio as aioredis
 
+from .breaker import CircuitBreakers
 from .codec import decode_task_entry
 from .config import Settings
 from .consumer import Entry, GroupReader
@@ -57,6 +58,15 @@ class Registry:
             raise ValueError(f"a handler for {where}service {service!r} is already registered")
         self._handlers[key] = fn
 
+    def handler(self, service: str, step: str | None = None) -> Callable[[Handler], Handler]:
+        """Decorator registering into this registry (``engine.activity`` uses the default one)."""
+
+        def decorate(fn: Handler) -> Handler:
+            self.register(service, step, fn)
+            return fn
+
+        return decorate
+
     def handler_for(self, service: str, step: str) -> Handler | None:
         return self._handlers.get((service, step)) or self._handlers.get((service, None))
 
@@ -74,11 +84,7 @@ default_registry = Registry()
 
 
 def activity(service: str, step: str | None = None, *, registry: Registry | None = None) -> Callable[[Handler], Handler]:
-    def decorate(fn: Handler) -> Handler:
-        (registry or default_registry).register(service, step, fn)
-        return fn
-
-    return decorate
+    return (registry or default_registry).handler(service, step)
 
 
 def import_handlers(module: str) -> None:
@@ -104,6 +110,7 @@ class ActivityWorker:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self.breakers = CircuitBreakers(self.store, settings.breaker_threshold, settings.breaker_cooldown_ms)
         self.completed = 0
         self.failed = 0
         self.stale = 0
@@ -157,6 +164,18 @@ class ActivityWorker:
                 fresh.append(entry)
         return fresh
 
+    async def _admitted(self, task: Task) -> bool:
+        """Wait while the service's breaker is open, without holding a handler slot."""
+        while (wait := await self.breakers.admit(task.service)) > 0:
+            if self._stopping.is_set():
+                return False
+            self._slots.release()
+            try:
+                await asyncio.sleep(min(wait, 1.0))
+            finally:
+                await self._slots.acquire()
+        return True
+
     def _free_slots(self) -> int:
         return self.settings.concurrency - len(self._running)
 
@@ -168,8 +187,11 @@ class ActivityWorker:
             except PoisonMessage as exc:
                 await self._dead_letter(entry, str(exc))
                 return
+            if not await self._admitted(task):
+                return  # stopping while its service's breaker was open: it stays pending
             started = time.perf_counter()
             command, data = await self.execute(task)
+            await self.breakers.record(task.service, healthy=_healthy(command, data))
             if self.observer is not None:  # ops: handler duration and outcome
                 self.observer.task_done(task, command, data, time.perf_counter() - started)
             await self.report(task, command, data)
@@ -246,3 +268,8 @@ class ActivityWorker:
 
 def _ids(data: dict[str, Any]) -> dict[str, Any]:
     return {k: data[k] for k in ("step", "attempt", "task_id", "iteration") if k in data}
+
+
+def _healthy(command: str, data: dict[str, Any]) -> bool:
+    """Did the service answer? A completed step, or a deliberate non-retryable refusal."""
+    return command == "step.completed" or not data.get("error", {}).get("retryable", True)

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from .definition import Definition, DefinitionError, canonical_json, document_of, parse_definition, version_sort_key
 from .errors import PoisonMessage
+from .keys import encode_shape, filter_shape
 from .store import Store
 
 
@@ -33,8 +34,20 @@ class Catalog:
         created = await self.store.register_definition(
             definition.name, definition.version, canonical_json(doc), version_sort_key(definition.version)
         )
+        await self._index_waits(definition)
         self._remember(definition)
         return definition, created
+
+    async def _index_waits(self, definition: Definition) -> None:
+        """Tell the router which filter shapes to index events by, so none is missed."""
+        waits = [s for s in definition.steps if s.type == "event_wait" and s.event_type]
+        if not waits:
+            return
+        pipe = self.store.redis.pipeline(transaction=False)
+        for step in waits:
+            assert step.event_type is not None
+            pipe.sadd(self.store.keys.event_shapes(step.event_type), encode_shape(filter_shape(step.event_filter)))
+        await pipe.execute()
 
     async def get(self, name: str, version: str | None = None) -> Definition | None:
         """The definition (latest when version is None), or None when there is none."""

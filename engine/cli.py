@@ -100,10 +100,47 @@ async def cmd_history(args: argparse.Namespace) -> int:
 
 async def cmd_control(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
-        method = getattr(client, args.verb)
-        kwargs = {"reason": args.reason} if args.verb in ("cancel", "pause") and args.reason else {}
-        entry = await method(args.id, **kwargs)
+        kwargs: dict[str, Any] = {}
+        if args.verb in ("cancel", "pause") and args.reason:
+            kwargs["reason"] = args.reason
+        if args.verb == "retry":
+            kwargs["from_step"] = args.from_step
+            if args.input is not None:
+                if args.from_step is None:
+                    raise InvalidInput("--input needs --from-step: the step the edited input is for")
+                kwargs["input"] = _load_json_arg(args.input, "--input")
+        entry = await getattr(client, args.verb)(args.id, **kwargs)
         print(_json({"id": args.id, "command": args.verb, "entry_id": entry}))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_signal(args: argparse.Namespace) -> int:
+    payload = _load_json_arg(args.payload, "--payload")
+
+    async def go(client: Any) -> int:
+        entry = await client.signal(args.id, args.name, payload)
+        print(_json({"id": args.id, "command": "signal", "name": args.name, "entry_id": entry}))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_definitions_list(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        print(_json(await client.definitions()))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_definitions_show(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        definition = await client.definition(args.name, args.version)
+        print(_json({"name": definition.name, "version": definition.version,
+                     "versions": await client.store.definition_versions(definition.name),
+                     "document": await client.definition_document(definition.name, definition.version)}))
         return 0
 
     return await _with_client(args, go)
@@ -174,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--name", help="name for a bare definition")
         x.add_argument("--version", help="version for a bare definition")
         x.set_defaults(fn=fn)
+    x = dsub.add_parser("list", help="registered definitions and their versions")
+    x.set_defaults(fn=cmd_definitions_list)
+    x = dsub.add_parser("show", help="one definition (the latest version unless --version)")
+    x.add_argument("name")
+    x.add_argument("--version")
+    x.set_defaults(fn=cmd_definitions_show)
 
     x = sub.add_parser("start", help="start an instance; prints its id")
     x.add_argument("workflow")
@@ -193,7 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("id")
         if verb in ("cancel", "pause"):
             x.add_argument("--reason")
+        if verb == "retry":
+            x.add_argument("--from-step", help="rewind to this step: it and everything after it run again")
+            x.add_argument("--input", help="edited input (JSON) for --from-step, recorded in the history")
         x.set_defaults(fn=cmd_control, verb=verb)
+
+    x = sub.add_parser("signal", help="deliver a named payload to a running instance")
+    x.add_argument("id")
+    x.add_argument("name")
+    x.add_argument("--payload", default="null", help="JSON")
+    x.set_defaults(fn=cmd_signal)
 
     e = sub.add_parser("events", help="external events")
     esub = e.add_subparsers(dest="ecmd", required=True)

@@ -18,11 +18,12 @@ import redis.asyncio as aioredis
 from .catalog import Catalog
 from .codec import command_fields
 from .config import Settings
-from .definition import Definition
+from .definition import Definition, version_sort_key
 from .errors import InvalidInput, UnknownInstance, UnknownWorkflow
 from .evolve import fold_stored
 from .keys import INSTANCE_ID_RE, Keys
 from .model import INITIAL, STATUS_NONE, TERMINAL, State, encode
+from .schema import violations
 from .store import Store, event_type
 
 FINAL_STATUSES = frozenset(TERMINAL | {"failed"})
@@ -58,6 +59,27 @@ class Client:
             raise UnknownWorkflow(f"workflow {name!r} is not registered ({which})")
         return found
 
+    async def definitions(self) -> list[dict[str, Any]]:
+        """Every registered definition: name, versions (oldest first) and latest."""
+        names = sorted(n.decode() if isinstance(n, bytes) else n
+                       for n in await self.redis.smembers(self.keys.definitions_index))
+        out = []
+        for name in names:
+            versions = sorted(await self.store.definition_versions(name), key=version_sort_key)
+            latest = await self.redis.hget(self.keys.definition(name), "latest")
+            out.append({"name": name, "versions": versions,
+                        "latest": latest.decode() if isinstance(latest, bytes) else latest})
+        return out
+
+    async def definition_document(self, name: str, version: str) -> Any:
+        found = await self.store.definition_body(name, version)
+        if found is None:
+            raise UnknownWorkflow(f"workflow {name!r} version {version!r} is not registered")
+        doc = orjson.loads(found[1])
+        doc.pop("__name__", None)
+        doc.pop("__version__", None)
+        return doc
+
     # -- commands --------------------------------------------------------------
     async def start(
         self, workflow: str, context: Mapping[str, Any] | None = None, *, version: str | None = None,
@@ -65,6 +87,11 @@ class Client:
     ) -> str:
         """Start an instance; returns its id. The version is pinned here (latest unless given)."""
         definition = await self.definition(workflow, version)
+        if definition.input_schema:
+            problems = violations(definition.input_schema, dict(context or {}))
+            if problems:
+                raise InvalidInput(f"input does not match the input schema of {workflow!r} {definition.version}:\n  "
+                                   + "\n  ".join(problems))
         iid = instance_id or uuid.uuid4().hex
         data: dict[str, Any] = {"workflow": workflow, "version": definition.version, "context": dict(context or {})}
         if correlation_id:
@@ -81,8 +108,19 @@ class Client:
     async def resume(self, instance_id: str, *, cmd_id: str | None = None) -> str:
         return await self._control("resume", instance_id, {}, cmd_id)
 
-    async def retry(self, instance_id: str, *, cmd_id: str | None = None) -> str:
-        return await self._control("retry", instance_id, {}, cmd_id)
+    async def retry(self, instance_id: str, *, from_step: str | None = None, input: Any = None,
+                    cmd_id: str | None = None) -> str:
+        """Run a failed instance again; from_step rewinds to that step, input edits its input."""
+        data: dict[str, Any] = {}
+        if from_step is not None:
+            data["from_step"] = from_step
+        if input is not None:
+            data["input"] = input
+        return await self._control("retry", instance_id, data, cmd_id)
+
+    async def signal(self, instance_id: str, name: str, payload: Any = None, *, cmd_id: str | None = None) -> str:
+        """Deliver a named payload to a running instance (templates read signals.<name>)."""
+        return await self._control("signal", instance_id, {"name": name, "payload": payload}, cmd_id)
 
     async def _control(self, type_: str, instance_id: str, data: dict[str, Any], cmd_id: str | None) -> str:
         if (await self.state(instance_id)).status == STATUS_NONE:

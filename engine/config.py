@@ -29,6 +29,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """FOLDFLOW_CLAIM_IDLE_MS: a pending entry idle this long belongs to a dead worker."""
     lease_ms: int = 5_000
     """FOLDFLOW_LEASE_MS: a partition lease's TTL; a crashed worker's partitions move after it."""
+    event_retention_ms: int = 86_400_000
+    """FOLDFLOW_EVENT_RETENTION_MS: how long an external event can still satisfy a wait that begins later."""
+    breaker_threshold: int = 5
+    """FOLDFLOW_BREAKER_THRESHOLD: consecutive failures that open a service's circuit breaker (0: off)."""
+    breaker_cooldown_ms: int = 30_000
+    """FOLDFLOW_BREAKER_COOLDOWN_MS: how long an open breaker holds attempts back before a trial."""
     task_claim_idle_ms: int = 300_000
     """FOLDFLOW_TASK_CLAIM_IDLE_MS: the same for tasks (a handler may run this long)."""
     max_deliveries: int = 5
@@ -67,6 +73,9 @@ _ENV = {
     "claim_idle_ms": "FOLDFLOW_CLAIM_IDLE_MS",
     "task_claim_idle_ms": "FOLDFLOW_TASK_CLAIM_IDLE_MS",
     "lease_ms": "FOLDFLOW_LEASE_MS",
+    "event_retention_ms": "FOLDFLOW_EVENT_RETENTION_MS",
+    "breaker_threshold": "FOLDFLOW_BREAKER_THRESHOLD",
+    "breaker_cooldown_ms": "FOLDFLOW_BREAKER_COOLDOWN_MS",
     "max_deliveries": "FOLDFLOW_MAX_DELIVERIES",
     "cache_size": "FOLDFLOW_CACHE_SIZE",
     "timer_poll_ms": "FOLDFLOW_TIMER_POLL_MS",
@@ -108,7 +117,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         v = values.get(field, getattr(defaults, field))
         if not isinstance(v, int) or v < 1:
             problems.append(f"{_ENV[field]}: must be a positive integer, got {v!r}")
-    for field in ("block_ms", "claim_idle_ms", "task_claim_idle_ms", "timer_poll_ms"):
+    for field in ("block_ms", "claim_idle_ms", "task_claim_idle_ms", "timer_poll_ms", "event_retention_ms",
+                  "breaker_threshold", "breaker_cooldown_ms"):
         v = values.get(field, getattr(defaults, field))
         if not isinstance(v, int) or v < 0:
             problems.append(f"{_ENV[field]}: must be a non-negative integer, got {v!r}")

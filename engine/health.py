@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .heartbeat import read_heartbeats
-from .inventory import dead_letters, group_info
+from .inventory import breaker_states, dead_letters, group_info
 from .keys import ACTIVITY_GROUP, ENGINE_GROUP, ROUTER_GROUP, Keys
 from .metrics import RedisSnapshot
 from .stuck import find_stuck
@@ -135,8 +135,7 @@ class Probe:
             snap.dead_letters = await dead_letters(self.redis, self.keys, owned)
             if time.monotonic() - self._stuck_at > STUCK_EVERY_S and owned:
                 self._stuck_at = time.monotonic()
-                snap.stuck = len(await find_stuck(self.redis, self.keys, self.stuck_after_ms, partitions=owned,
-                                                  breakers=snap.breakers))
+                snap.stuck = len(await find_stuck(self.redis, self.keys, self.stuck_after_ms, partitions=owned))
             elif not owned:
                 snap.stuck = 0
         elif self.role == "activities":
@@ -146,6 +145,7 @@ class Probe:
                 if gi is not None:
                     queue = stream.split(":tasks:", 1)[1]
                     streams[(ACTIVITY_GROUP, str(self.keys.stream_partition(stream)), queue)] = (gi.lag, gi.pending)
+            snap.breakers = await breaker_states(self.redis, self.keys, list(getattr(self.runner, "services", [])))
         snap.streams = streams
         roles: dict[str, int] = {}
         for hb in await read_heartbeats(self.redis, self.keys):

@@ -113,3 +113,27 @@ async def dead_letters(redis: aioredis.Redis, keys: Keys, partitions: Sequence[i
     if events:
         out["events"] = int(replies[-1])
     return out
+
+
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+async def breaker_states(redis: aioredis.Redis, keys: Keys, services: Sequence[str]) -> dict[str, int]:
+    """Each service's circuit breaker (engine/breaker.py's hash): 0 closed, 1 half-open (a trial runs), 2 open."""
+    services = sorted(set(services))
+    if not services:
+        return {}
+    pipe = redis.pipeline(transaction=False)
+    for service in services:
+        pipe.hmget(f"{keys.prefix}:breaker:{service}", "state", "trial_until")
+    pipe.time()
+    replies = await pipe.execute()
+    secs, micros = replies[-1]
+    now = int(secs) * 1000 + int(micros) // 1000
+    out: dict[str, int] = {}
+    for service, (state, trial_until) in zip(services, replies[:-1]):
+        if state is None or _s(state) != "open":
+            out[service] = 0
+        else:
+            out[service] = 1 if int(trial_until or 0) > now else 2
+    return out

@@ -100,6 +100,14 @@ class Keys:
     def wait_index(self, p: int, event_type: str, shape: tuple[str, ...], values: list[Any]) -> str:
         return f"{self._tags[p]}:wait:{event_type}:{filter_digest(shape, values)}"
 
+    def event_shapes(self, event_type: str) -> str:
+        """Filter shapes definitions wait for this event type with (written at registration)."""
+        return f"{self.prefix}:evshapes:{event_type}"
+
+    def event_index(self, event_type: str, shape: tuple[str, ...], values: list[Any]) -> str:
+        """Recent events of a type by filter values: lets a wait find an event published before it began."""
+        return f"{self.prefix}:evidx:{event_type}:{filter_digest(shape, values)}"
+
     def all_inboxes(self) -> list[str]:
         return [self.inbox(p) for p in range(self.partitions)]
 

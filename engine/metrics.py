@@ -91,6 +91,7 @@ ACTIVITY_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("completed", "counter", "foldflow_activity_completed", "Task results reported as completed."),
     ("failed", "counter", "foldflow_activity_failed", "Task results reported as failed."),
     ("stale", "counter", "foldflow_activity_stale_results", "Late results dropped: the task was reclaimed."),
+    ("breakers.opened", "counter", "foldflow_activity_breaker_opened", "Times this worker saw a circuit breaker open."),
 )
 
 

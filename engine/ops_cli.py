@@ -55,12 +55,24 @@ def version() -> str:
         return "0+unknown"
 
 
+OWN_FLAGS = frozenset({"prefix", "partitions", "batch_size", "consumer", "concurrency"})
+
+
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    for field, (kind, help_) in SETTING_FLAGS.items():
+    """A top-level flag for every setting without one elsewhere, including settings added later."""
+    from .config import _ENV
+
+    defaults = Settings()
+    for field in Settings.__struct_fields__:
+        if field in OWN_FLAGS:
+            continue
         flag = "--" + field.replace("_", "-")
+        var = "REDIS_URL" if field == "redis_url" else _ENV.get(field, "")
+        help_ = SETTING_FLAGS.get(field, (str, f"({var}, default {getattr(defaults, field)!r})"))[1]
         if field == "log_format":
             parser.add_argument(flag, choices=LOG_FORMATS, default=os.environ.get("FOLDFLOW_LOG_FORMAT"), help=help_)
         else:
+            kind = int if isinstance(getattr(defaults, field), int) else str
             parser.add_argument(flag, type=kind, dest=field, help=help_)
 
 

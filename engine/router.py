@@ -98,35 +98,46 @@ class EventRouter:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for etype in types:
+            pipe.smembers(self.keys.event_shapes(etype))
             for p in range(P):
                 pipe.smembers(self.keys.wait_shapes(p, etype))
         replies = await pipe.execute()
-        shapes = {
-            (etype, p): [tuple(orjson.loads(m)) for m in replies[i * P + p]]
-            for i, etype in enumerate(types)
-            for p in range(P)
-        }
-        lookups: list[tuple[int, str, str, dict[str, Any], str | None]] = []
+        indexed: dict[str, list[tuple[str, ...]]] = {}
+        shapes: dict[tuple[str, int], list[tuple[str, ...]]] = {}
+        for i, etype in enumerate(types):
+            row = replies[i * (P + 1): (i + 1) * (P + 1)]
+            indexed[etype] = [tuple(orjson.loads(m)) for m in row[0]]
+            for p in range(P):
+                shapes[(etype, p)] = [tuple(orjson.loads(m)) for m in row[p + 1]]
         pipe = self.redis.pipeline(transaction=False)
+        # First remember each event under every filter shape a definition waits with, so a
+        # wait that begins after this moment finds it (no lost wake-ups) ...
+        horizon = int(decoded[-1][0].split("-")[0]) - self.settings.event_retention_ms
+        for entry_id, etype, data, _ in decoded:
+            for shape in indexed[etype]:
+                if all(f in data for f in shape):
+                    key = self.keys.event_index(etype, shape, [data[f] for f in shape])
+                    pipe.zadd(key, {entry_id: int(entry_id.split("-")[0])})
+                    pipe.zremrangebyscore(key, "-inf", horizon)
+                    pipe.pexpire(key, self.settings.event_retention_ms)
+        writes = len(pipe)
+        # ... then deliver it to every wait already open. Redis runs a pipeline in
+        # order, so a wait registered too late for this lookup finds the index entry.
+        lookups: list[tuple[int, str, str, dict[str, Any], str | None]] = []
         for entry_id, etype, data, corr in decoded:
             for p in range(P):
                 for shape in shapes[(etype, p)]:
                     if all(f in data for f in shape):
                         pipe.smembers(self.keys.wait_index(p, etype, shape, [data[f] for f in shape]))
                         lookups.append((p, entry_id, etype, data, corr))
-        if not lookups:
+        if not len(pipe):
             return []
+        replies = (await pipe.execute())[writes:]
         commands: list[tuple[int, dict[Any, Any]]] = []
-        for (p, entry_id, etype, data, corr), members in zip(lookups, await pipe.execute()):
+        for (p, entry_id, etype, data, corr), members in zip(lookups, replies):
             for member in members:
                 iid, step, attempt = orjson.loads(member)
-                body = {"step": step, "attempt": attempt, "event_type": etype, "event_id": entry_id, "data": data}
-                if corr:
-                    body["correlation_id"] = corr
-                commands.append((p, {
-                    "type": "event", "id": iid, "data": orjson.dumps(body),
-                    "cmd_id": f"ev:{entry_id}:{step}:{attempt}",
-                }))
+                commands.append((p, event_command(iid, step, attempt, etype, entry_id, data, corr)))
         return commands
 
     async def _dead_letter(self, bad: list[tuple[str, dict[bytes, bytes], str]]) -> None:
@@ -156,3 +167,16 @@ def _decode_event(fields: dict[bytes, bytes], max_bytes: int) -> tuple[str, dict
         raise ValueError(f"data must be a JSON object, got {type(data).__name__}")
     corr = fields.get(b"correlation_id")
     return etype.decode(errors="replace"), data, corr.decode(errors="replace") if corr else None
+
+
+def event_command(iid: str, step: str, attempt: int, etype: str, entry_id: str, data: dict[str, Any],
+                  correlation_id: str | None) -> dict[Any, Any]:
+    """The inbox command that delivers one external event to one waiting step."""
+    body: dict[str, Any] = {"step": step, "attempt": attempt, "event_type": etype, "event_id": entry_id, "data": data}
+    if correlation_id:
+        body["correlation_id"] = correlation_id
+    return {"type": "event", "id": iid, "data": orjson.dumps(body), "cmd_id": f"ev:{entry_id}:{step}:{attempt}"}
+
+
+def decode_event_fields(fields: dict[bytes, bytes], max_bytes: int) -> tuple[str, dict[str, Any], str | None]:
+    return _decode_event(fields, max_bytes)

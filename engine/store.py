@@ -89,7 +89,8 @@ class Store:
         self.keys = keys
         self.scripts = {
             n: Script(n)
-            for n in ("append", "dead_letter", "complete_task", "fire_timers", "register_definition", "lease")
+            for n in ("append", "dead_letter", "complete_task", "fire_timers", "register_definition", "lease",
+                      "breaker")
         }
 
     # -- scripts ------------------------------------------------------------

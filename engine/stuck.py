@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from .evolve import fold_stored
 from .heartbeat import read_heartbeats
-from .inventory import _glob_escape, _s, task_streams
+from .inventory import _glob_escape, _s, breaker_states, task_streams
 from .keys import ACTIVITY_GROUP, Keys
 from .model import (
     INITIAL,
@@ -121,6 +121,8 @@ async def find_stuck(redis: aioredis.Redis, keys: Keys, older_than_ms: int, *, n
     parts = list(range(keys.partitions) if partitions is None else partitions)
     tasks = await task_streams(redis, keys, parts)
     ids, seen_tasks = await _candidates(redis, keys, parts, deep, tasks)
+    if breakers is None:
+        breakers = await breaker_states(redis, keys, [q for _, q in tasks.values()])
     served: set[str] = set()
     for hb in await read_heartbeats(redis, keys):
         if hb["role"] == "activities":
@@ -138,7 +140,7 @@ async def find_stuck(redis: aioredis.Redis, keys: Keys, older_than_ms: int, *, n
         idle = now - state.updated_ms
         if idle < older_than_ms:
             continue
-        reasons = await explain(redis, state, now, seen_tasks, served, breakers or {})
+        reasons = await explain(redis, state, now, seen_tasks, served, breakers)
         out.append(Stuck(instance_id=iid, workflow=state.workflow, status=state.status,
                          partition=keys.partition(iid), correlation_id=state.correlation_id,
                          idle_s=idle / 1000, last_event_ms=state.updated_ms, waits_for=reasons))
@@ -182,8 +184,9 @@ async def _explain_task(redis: aioredis.Redis, state: State, step: str, attempt:
     if seen is None:
         return (f"{what} is in no task stream: its result is in an inbox not yet decided, or it was lost "
                 "(send the step's result, or give the step a timeout)")
-    if breakers.get(seen.queue, 0) == 2:
-        return f"{what} on queue {seen.queue!r}: the circuit for service {seen.queue!r} is open"
+    if breakers.get(seen.queue, 0):
+        return (f"{what} on queue {seen.queue!r}: the circuit breaker of service {seen.queue!r} is open "
+                "(attempts wait until a trial succeeds; fix the service)")
     if seen.queue not in served:
         return f"{what} on queue {seen.queue!r}: no live activity worker serves this queue"
     rows: Any = await redis.xpending_range(seen.stream, ACTIVITY_GROUP, min=seen.entry_id, max=seen.entry_id, count=1)

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import orjson
 
-ROOTS: Final = frozenset({"input", "context", "steps", "response", "workflow", "event"})
+ROOTS: Final = frozenset({"input", "context", "steps", "response", "workflow", "event", "item", "index", "signals"})
 MAX_DEPTH: Final = 8
 _MAX_NUMBER_CHARS: Final = 64  # int("9" * 5000) raises, and nothing real needs more
 

@@ -224,8 +224,12 @@ class Top:
         return snap
 
 
-def _size() -> tuple[int, int]:
-    size = shutil.get_terminal_size((100, 30))
+def _size(out: TextIO) -> tuple[int, int]:
+    # The terminal's own size first: a stale COLUMNS/LINES in the environment must not win.
+    try:
+        size = os.get_terminal_size(out.fileno())
+    except (AttributeError, ValueError, OSError):
+        size = shutil.get_terminal_size((100, 30))
     return size.columns, size.lines
 
 
@@ -251,7 +255,7 @@ async def run_top(settings: Settings, *, interval: float = 1.0, once: bool = Fal
         frames = 0
         while True:
             snap = await top.snapshot()
-            width, height = _size()
+            width, height = _size(out)
             lines = render(snap, width, height - (0 if interactive else 1))
             if interactive:
                 draw(out, lines)

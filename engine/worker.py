@@ -27,9 +27,11 @@ from .decider import decide_and_fold
 from .definition import Definition
 from .effects import plan
 from .errors import PoisonMessage, StoreUnavailable
-from .keys import ENGINE_GROUP, Keys
-from .model import INITIAL, STATUS_NONE, Envelope, Event, StartWorkflow, State
-from .router import EventRouter
+from .keys import ENGINE_GROUP, Keys, encode_shape, filter_shape
+from .model import INITIAL, STATUS_NONE, Envelope, Event, StartWorkflow, State, StepWaiting
+from .relay import OutboxRelay
+from .schema import violations
+from .router import EventRouter, decode_event_fields, event_command
 from .leases import PartitionLeases
 from .store import CONFLICT, FENCED, OK, AppendRequest, Store
 from .timers import TimerPoller
@@ -102,6 +104,7 @@ class EngineWorker:
         self.stats = Stats()
         self.clock = clock
         self.router = EventRouter(redis, self.keys, self.store, self.consumer, settings)
+        self.relay = OutboxRelay(redis, self.keys, self.store, self.consumer, settings)
         self.timers = TimerPoller(self.store, settings)
         self.leases = PartitionLeases(redis, self.keys, self.store, self.consumer, settings.lease_ms)
         self.reader.set_streams([])
@@ -114,17 +117,20 @@ class EngineWorker:
         for inbox in self.keys.all_inboxes():
             await self.store.ensure_group(inbox, ENGINE_GROUP)
         await self.router.prepare()
+        await self.relay.prepare()
         await self.leases.heartbeat()  # so workers started together share partitions at once
 
     def stop(self) -> None:
         self._stopping.set()
         self.router.stop()
+        self.relay.stop()
         self.timers.stop()
 
     async def run(self) -> None:
         await self.prepare()
         side = [
             asyncio.create_task(self.router.run(), name="router"),
+            asyncio.create_task(self.relay.run(), name="relay"),
             asyncio.create_task(self.timers.run(), name="timers"),
         ]
         try:
@@ -232,9 +238,10 @@ class EngineWorker:
     async def _apply(self, groups: dict[str, list[Envelope]], by_id: dict[str, Entry]) -> None:
         stale: set[str] = set()
         todo = groups
+        waits: list[tuple[str, StepWaiting, int]] = []
         for _ in range(MAX_ROUNDS):
             if not todo:
-                return
+                break
             states = await self._states(todo, stale)
             await self._prefetch_definitions(todo, states)
             reqs: list[AppendRequest] = []
@@ -268,6 +275,7 @@ class EngineWorker:
                     self.stats.events += len(req.events)
                     if not req.events:
                         self.stats.ignored += len(envs)
+                    waits += [(iid, e, new_state.created_ms or 0) for e in req.events if isinstance(e, StepWaiting)]
                 elif res.status == CONFLICT:
                     self.stats.conflicts += 1
                     stale.add(iid)
@@ -285,6 +293,42 @@ class EngineWorker:
                         todo[iid] = rest
         if todo:
             log.warning("gave up on %d instances after %d version conflicts; redelivery will retry", len(todo), MAX_ROUNDS)
+        if waits:
+            await self._catch_up(waits)
+
+    async def _catch_up(self, waits: list[tuple[str, StepWaiting, int]]) -> None:
+        """Deliver events published after an instance started but before its wait began.
+
+        The router indexes every event under the filter shapes definitions wait
+        with before it looks for open waits; we look in that index after the wait
+        is registered. Whichever runs second sees the other's write, so no event
+        is lost; one seen by both arrives twice and the second is ignored.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for _, wait, since in waits:
+            shape = filter_shape(wait.filter)
+            pipe.sadd(self.keys.event_shapes(wait.event_type), encode_shape(shape))
+            key = self.keys.event_index(wait.event_type, shape, [wait.filter[k] for k in shape])
+            pipe.zrangebyscore(key, since, "+inf", start=0, num=1)
+        replies = await pipe.execute()
+        found = [(iid, wait, ids[0].decode()) for (iid, wait, _), ids in zip(waits, replies[1::2]) if ids]
+        if not found:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for _, _, event_id in found:
+            pipe.xrange(self.keys.events, min=event_id, max=event_id)
+        entries = await pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for (iid, wait, event_id), rows in zip(found, entries):
+            if not rows:
+                continue  # trimmed away since it was indexed
+            try:
+                etype, data, corr = decode_event_fields(rows[0][1], self.settings.max_payload_bytes)
+            except ValueError:
+                continue  # the router dead-letters it
+            command = event_command(iid, wait.step, wait.attempt, etype, event_id, data, corr)
+            pipe.xadd(self.keys.inbox(self.keys.partition(iid)), command)
+        await pipe.execute()
 
     def _lose(self, p: int) -> None:
         if p in self.leases.owned:
@@ -307,6 +351,12 @@ class EngineWorker:
             if definition is None:
                 poison.append((by_id[env.entry_id], self._missing_definition(state, cmd)))
                 continue
+            if state.status == STATUS_NONE and isinstance(cmd, StartWorkflow) and definition.input_schema:
+                problems = violations(definition.input_schema, cmd.context)
+                if problems:  # refused: no instance is created
+                    poison.append((by_id[env.entry_id], "input does not match the input schema of "
+                                   f"{definition.name!r} {definition.version}: " + "; ".join(problems)))
+                    continue
             new_events, state = decide_and_fold(state, env, definition, now)
             events += new_events
             kept.append(env)

@@ -11,7 +11,12 @@ from typing import Any, Sequence
 import msgspec
 
 from engine.model import (
+    ChildStarted,
     CommandRejected,
+    CompensationStarted,
+    StepDelayed,
+    StepSkipped,
+    WorkflowCompensated,
     StepCompleted,
     StepFailed,
     StepScheduled,
@@ -63,14 +68,14 @@ def fold_record(doc: Doc, iid: str, item: Applied) -> dict[str, Any]:
             d["status"] = "running"
             if d["started_ms"] is None:
                 d["started_ms"] = ts
-        case StepScheduled() | StepWaiting():
+        case StepScheduled() | StepWaiting() | ChildStarted() | StepDelayed():
             if e.step not in current:
                 current.append(e.step)
             attempts = dict(d["attempts"])
             attempts[e.step] = max(attempts.get(e.step, 0), e.attempt)
             d["attempts"] = attempts
             d["attempts_total"] += 1
-        case StepCompleted():
+        case StepCompleted() | StepSkipped():
             current = [s for s in current if s != e.step]
         case StepFailed():
             if e.retry_at is None:
@@ -89,6 +94,11 @@ def fold_record(doc: Doc, iid: str, item: Applied) -> dict[str, Any]:
             d.update(status="failed", error=_error(e.step, None, e.error), failed_step=e.step, finished_ms=ts)
         case WorkflowCancelled():
             d.update(status="cancelled", reason=e.reason, finished_ms=ts)
+            current = []
+        case CompensationStarted():
+            d.update(status="compensating", error=_error(e.step, None, e.error), failed_step=e.step)
+        case WorkflowCompensated():
+            d.update(status="compensated", finished_ms=ts)
             current = []
         case CommandRejected():
             pass

@@ -16,7 +16,7 @@ from engine.keys import Keys
 
 GROUP_PREFIX = "proj:"
 
-STATUSES = ("created", "running", "paused", "failed", "completed", "cancelled")
+STATUSES = ("created", "running", "paused", "failed", "completed", "cancelled", "compensating", "compensated")
 
 
 def group_name(projection: str) -> str:

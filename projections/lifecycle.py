@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import msgspec
 
 from engine.model import (
+    ChildStarted,
     StepCompleted,
     StepFailed,
     StepScheduled,
@@ -35,6 +36,7 @@ NAMES: dict[type, str] = {
     WorkflowStarted: "workflow.started",
     StepScheduled: "workflow.step_started",
     StepWaiting: "workflow.step_started",
+    ChildStarted: "workflow.step_started",
     StepCompleted: "workflow.step_completed",
     StepFailed: "workflow.step_failed",
     WorkflowPaused: "workflow.paused",
@@ -67,6 +69,8 @@ def lifecycle_event(ctx: Doc, iid: str, item: Applied) -> dict[str, Any] | None:
     data.pop("cmd", None)
     if isinstance(item.event, (StepScheduled, StepWaiting)):
         data["kind"] = "task" if isinstance(item.event, StepScheduled) else "event_wait"
+    if isinstance(item.event, ChildStarted):
+        data["kind"] = "child"
     if isinstance(item.event, StepFailed):
         data["will_retry"] = item.event.retry_at is not None
     data.update(execution_id=iid, workflow=ctx.get("workflow"), workflow_version=ctx.get("workflow_version"))

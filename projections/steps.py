@@ -10,7 +10,10 @@ from typing import Any
 import msgspec
 
 from engine.model import (
+    ChildStarted,
     NotificationScheduled,
+    StepDelayed,
+    StepSkipped,
     StepCompleted,
     StepFailed,
     StepScheduled,
@@ -62,6 +65,18 @@ def fold_steps(doc: Doc, iid: str, item: Applied) -> list[dict[str, Any]]:
         case NotificationScheduled():
             r = _attempt(e.step, e.attempt, "notification", "dispatched", ts)
             r.update(task_id=e.task_id, queue=e.queue, endpoint=e.endpoint, input=e.input)
+            records.append(r)
+        case ChildStarted():
+            r = _attempt(e.step, e.attempt, "child", "scheduled", ts)
+            r.update(child_id=e.child_id, workflow=e.workflow, input=e.input)
+            records.append(r)
+        case StepDelayed():
+            r = _attempt(e.step, e.attempt, "delay", "waiting", ts)
+            r.update(until=e.until)
+            records.append(r)
+        case StepSkipped():
+            r = _attempt(e.step, e.attempt, "skipped", "skipped", ts)
+            r.update(reason=e.reason, completed_ms=ts, duration_ms=0)
             records.append(r)
         case StepCompleted():
             extra = {"event_id": e.event_id} if e.event_id else {}

@@ -11,7 +11,7 @@ import orjson
 import redis.asyncio as aioredis
 
 import engine.demo_handlers  # noqa: F401 - registers the simulated services
-from engine.activities import ActivityWorker
+from engine.activities import ActivityWorker, Registry
 from engine.client import Client
 from engine.config import Settings
 from engine.keys import Keys
@@ -58,12 +58,12 @@ def check_history(history: list[dict[str, Any]]) -> None:
     """Versions are 1..n; every step event names its step and attempt; no step
     attempt is scheduled or completed twice."""
     assert [e["version"] for e in history] == list(range(1, len(history) + 1))
-    completed: Counter[tuple[str, int]] = Counter()
-    scheduled: Counter[tuple[str, int]] = Counter()
+    completed: Counter[tuple[str, int, int | None]] = Counter()
+    scheduled: Counter[tuple[str, int, int | None]] = Counter()
     for e in history:
         if e["type"].startswith("workflow.step_"):
             assert "step" in e["data"] and "attempt" in e["data"], e
-        key = (e["data"].get("step"), e["data"].get("attempt"))
+        key = (e["data"].get("step"), e["data"].get("attempt"), e["data"].get("iteration"))
         if e["type"] == "workflow.step_completed":
             completed[key] += 1
         if e["type"] in ("workflow.step_scheduled", "workflow.step_waiting"):
@@ -80,12 +80,13 @@ def check_history(history: list[dict[str, Any]]) -> None:
 class Cluster:
     """Two engine workers, one activity worker and the agent simulator."""
 
-    def __init__(self, factory: Callable[[], aioredis.Redis], settings: Settings) -> None:
+    def __init__(self, factory: Callable[[], aioredis.Redis], settings: Settings,
+                 registry: Registry | None = None) -> None:
         self.factory = factory
         self.settings = settings
         self.client = Client(factory(), settings)
         self.workers = [EngineWorker(factory(), settings) for _ in range(2)]
-        self.activities = ActivityWorker(factory(), settings)
+        self.activities = ActivityWorker(factory(), settings, registry=registry)
         self.agents = AgentSimulator(factory(), self.client, Keys(settings.prefix, settings.partitions))
         self.tasks: list[asyncio.Task[Any]] = []
 

@@ -175,6 +175,8 @@ def test_stuck_names_what_each_instance_waits_for(deployment: Any, settings: Set
             definition, _ = await client.register(agent_example)
             orphan = await client.start("ops-slow", {"sleep": 0}, instance_id="orphan-1")
             waiter = await client.start(definition.name, {"task_id": "never", "agent_id": "x"}, instance_id="waiter-1")
+            await client.wait(orphan, timeout=20, statuses=frozenset({"running"}))
+            await client.wait(waiter, timeout=20, statuses=frozenset({"running"}))
             deadline = time.monotonic() + 20
             while (await client.status(waiter))["steps"]["execution_monitoring"]["status"] != "waiting":
                 assert time.monotonic() < deadline
