@@ -396,3 +396,49 @@ def test_circuit_breaker_opens_and_closes(cluster_backend: Any) -> None:
             assert await c.activities.breakers.state("flaky") == "closed"
 
     run(scenario())
+
+
+def test_versions_side_by_side(cluster_backend: Any) -> None:
+    factory, settings = cluster_backend
+
+    def version(v: str, endpoint: str) -> dict[str, Any]:
+        doc = _flow("versioned", [{"name": "only", "type": "service_call", "service": "echo", "endpoint": endpoint},
+                                  {"name": "gate", "type": "wait_for_event", "depends_on": ["only"],
+                                   "event_type": "go", "filter": {"k": "{{ input.k }}"}}])
+        doc["metadata"]["version"] = v
+        return doc
+
+    async def scenario() -> None:
+        async with Cluster(factory, settings, echo_services()) as c:
+            c.agents.stop()
+            await c.client.register(version("1.9.0", "/v1"))
+            old = await c.client.start("versioned", {"k": "old"})
+            await eventually(lambda: _waiting(c, old))
+            await c.client.register(version("1.10.0", "/v2"))  # registered while `old` runs
+            new = await c.client.start("versioned", {"k": "new"})  # latest: 1.10.0
+            pinned = await c.client.start("versioned", {"k": "pinned"}, version="1.9.0")
+            for iid in (old, new, pinned):
+                await eventually(lambda iid=iid: _waiting(c, iid))
+            for k in ("old", "new", "pinned"):
+                await c.client.publish("go", {"k": k})
+            versions = {}
+            for iid in (old, new, pinned):
+                state = await c.client.wait(iid, timeout=20)
+                assert state.status == "completed"
+                versions[iid] = (state.def_version, state.step("only").output["step"])
+                history = await c.client.history(iid)
+                versions[iid] += (history[2]["data"]["endpoint"],)
+            assert versions[old] == ("1.9.0", "only", "/v1")
+            assert versions[new] == ("1.10.0", "only", "/v2")
+            assert versions[pinned] == ("1.9.0", "only", "/v1")
+            listing = await c.client.definitions()
+            assert listing == [{"name": "versioned", "versions": ["1.9.0", "1.10.0"], "latest": "1.10.0"}]
+
+    run(scenario())
+
+
+async def _waiting(c: Cluster, iid: str) -> bool:
+    try:
+        return (await c.client.state(iid)).step("gate").status == "waiting"
+    except Exception:
+        return False
