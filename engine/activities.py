@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable, Union
 import orjson
 import redis.asyncio as aioredis
 
+from .batching import ScriptBatcher
 from .breaker import CircuitBreakers
 from .codec import decode_task_entry
 from .config import Settings
@@ -111,6 +112,7 @@ class ActivityWorker:
         self._running: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self.breakers = CircuitBreakers(self.store, settings.breaker_threshold, settings.breaker_cooldown_ms)
+        self.reports = ScriptBatcher(self.store, "complete_task")
         self.completed = 0
         self.failed = 0
         self.stale = 0
@@ -244,8 +246,8 @@ class ActivityWorker:
             command = "step.failed"
         # A notification's outcome is not a step result: it is acknowledged only.
         answer = "" if task.kind == "notification" else command
-        result = await self.store.run(
-            "complete_task", [task.queue_key, task.reply_to],
+        result = await self.reports.call(
+            [task.queue_key, task.reply_to],
             [ACTIVITY_GROUP, self.consumer, task.entry_id, answer, task.instance_id, body, f"res:{task.task_id}"],
         )
         if isinstance(result, int) and result < 0:

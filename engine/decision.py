@@ -27,12 +27,18 @@ from .model import (
     STEP_PENDING,
     STEP_RETRYING,
     STEP_SKIPPED,
+    CancelWorkflow,
     ChildStarted,
     CommandRejected,
     CompensationStarted,
     Envelope,
     Event,
     NotificationScheduled,
+    PauseWorkflow,
+    ResumeWorkflow,
+    RetryWorkflow,
+    SignalWorkflow,
+    StartWorkflow,
     State,
     StepCompleted,
     StepDelayed,
@@ -47,6 +53,7 @@ from .model import (
 )
 
 _DONE = frozenset({STEP_COMPLETED, STEP_SKIPPED})
+_REMEMBERED = (StartWorkflow, CancelWorkflow, PauseWorkflow, ResumeWorkflow, RetryWorkflow, SignalWorkflow)
 
 
 def task_id_for(instance_id: str, step: str, attempt: int, part: int | None = None) -> str:
@@ -84,7 +91,10 @@ class Decision:
 
     def emit(self, event: Event) -> None:
         # The sender's cmd_id rides on the first event so a resend is recognised.
-        if not self._recorded and self.envelope.cmd_id is not None:
+        # Only commands that the state cannot tell apart from their repeat need
+        # it: a result, event or timer for an attempt no longer running is
+        # recognised by the attempt, so their ids are not kept.
+        if not self._recorded and self.envelope.cmd_id is not None and isinstance(self.envelope.command, _REMEMBERED):
             event = msgspec.structs.replace(event, cmd=self.envelope.cmd_id)
             self._recorded = True
         self.events.append(event)

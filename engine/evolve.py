@@ -62,17 +62,19 @@ def evolve(state: State, event: Event, ts: int | None = None) -> State:
 
 
 def fold(state: State, events: Iterable[Event], ts: int | None = None) -> State:
-    s = replace(state, steps=dict(state.steps))
-    for event in events:
-        _apply(s, event, ts)
-    return s
+    return fold_stored(state, ((e, ts) for e in events))
 
 
-def fold_stored(state: State, stored: Iterable[tuple[Event, int]]) -> State:
+def fold_stored(state: State, stored: Iterable[tuple[Event, int | None]]) -> State:
     """Fold events read back from a stream, each with its own timestamp."""
     s = replace(state, steps=dict(state.steps))
+    added: list[str] = []  # the seen set is copied once per fold, not once per event
     for event, ts in stored:
         _apply(s, event, ts)
+        if event.cmd is not None:
+            added.append(event.cmd)
+    if added:
+        s.seen = s.seen.union(added)
     return s
 
 
@@ -80,8 +82,6 @@ def _apply(s: State, e: Event, ts: int | None) -> None:
     s.version += 1
     if ts is not None:
         s.updated_ms = ts
-    if e.cmd is not None:
-        s.seen = s.seen | {e.cmd}
     handler = _HANDLERS.get(type(e))
     if handler is not None:
         handler(s, e, ts)

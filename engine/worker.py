@@ -399,14 +399,18 @@ class EngineWorker:
             log.error("%s", exc)
             return None
 
-    async def _states(self, todo: Iterable[str], stale: set[str]) -> dict[str, State | PoisonMessage]:
+    async def _states(self, todo: dict[str, list[Envelope]], stale: set[str]) -> dict[str, State | PoisonMessage]:
         out: dict[str, State | PoisonMessage] = {}
         wanted: list[tuple[str, State, str | None]] = []
-        for iid in todo:
+        for iid, envs in todo.items():
             cached = self.cache.get(iid)
             self.cache.hits += cached is not None and iid not in stale  # ops: cache hit ratio
             self.cache.misses += cached is None or iid in stale
-            if cached is None:
+            if cached is None and iid not in stale and all(isinstance(e.command, StartWorkflow) for e in envs):
+                # A start is almost always for a new id: decide on the empty state and
+                # let append.lua's version check catch the rare repeat (it reloads).
+                out[iid] = INITIAL
+            elif cached is None:
                 wanted.append((iid, INITIAL, None))
             elif iid in stale:
                 wanted.append((iid, cached[0], cached[1]))
