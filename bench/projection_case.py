@@ -54,7 +54,8 @@ async def _lag_ms(redis: aioredis.Redis, keys: Keys) -> tuple[float, int]:
             oldest = None
             if int(g["pending"]):
                 summary = await redis.xpending(feed, g["name"])
-                oldest = _ms(summary["min"])
+                if summary.get("min"):  # None when acked since XINFO answered
+                    oldest = _ms(summary["min"])
             nxt = await redis.xrange(feed, min=f"({g['last-delivered-id'].decode()}", max="+", count=1)
             if nxt:
                 oldest = min(oldest or 1 << 62, _ms(nxt[0][0]))

@@ -6,9 +6,11 @@ opens it for another cool-down.
 
 The hot path stays off Redis while a service is healthy: a worker trusts a
 "closed" answer for ADMIT_CACHE_S and reports successes at most once per
-SUCCESS_EVERY_S unless it saw a failure since, so "consecutive" is counted
-over that window when several workers share a service. Failures are always
-reported at once.
+SUCCESS_EVERY_S unless it saw a failure since; before it reports a failure it
+first sends a success it held back, so one worker never counts failures that a
+success separated. Across workers, a success held back for up to
+SUCCESS_EVERY_S can let another worker's failures look consecutive. Failures
+are always reported at once.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class CircuitBreakers:
         self._closed_until: dict[str, float] = {}  # service -> trust "closed" until (monotonic)
         self._reported: dict[str, float] = {}  # service -> last success sent (monotonic)
         self._failing: set[str] = set()  # services with a failure since the last success sent
+        self._unreported: set[str] = set()  # services with a success not sent yet
 
     @property
     def enabled(self) -> bool:
@@ -60,7 +63,13 @@ class CircuitBreakers:
             return
         now = time.monotonic()
         if healthy and service not in self._failing and now - self._reported.get(service, -SUCCESS_EVERY_S) < SUCCESS_EVERY_S:
+            self._unreported.add(service)
             return
+        if not healthy and service in self._unreported:
+            # A success we did not send sits between this failure and the last one:
+            # reset the count first, so only consecutive failures open the breaker.
+            await self.store.run("breaker", [self.key(service)], ["success", self.threshold, self.cooldown_ms])
+        self._unreported.discard(service)
         op = "success" if healthy else "failure"
         closed, _ = await self.store.run("breaker", [self.key(service)], [op, self.threshold, self.cooldown_ms])
         if healthy:

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from .config import Settings, from_env
 from .definition import DefinitionError, load_definition_file
 from .errors import ConfigError, DefinitionConflict, EngineError, InvalidInput, NotFound, StoreUnavailable
+from .connection import connect
 
 
 def _json(value: Any) -> str:
@@ -165,7 +166,7 @@ async def _serve(make: Callable[[Any, Settings], Any], args: argparse.Namespace)
     from .ops_cli import serve
 
     settings = _settings(args)  # every problem with the settings, at start
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         # Metrics + health (FOLDFLOW_METRICS_PORT), heartbeat, graceful SIGTERM/SIGINT.
         return await serve(make(client, settings), client, settings)

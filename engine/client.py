@@ -25,6 +25,7 @@ from .keys import INSTANCE_ID_RE, Keys
 from .model import INITIAL, STATUS_NONE, TERMINAL, State, encode
 from .schema import violations
 from .store import Store, event_type
+from .connection import connect
 
 FINAL_STATUSES = frozenset(TERMINAL | {"failed"})
 
@@ -39,7 +40,7 @@ class Client:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> "Client":
-        return cls(aioredis.Redis.from_url(url), settings)
+        return cls(connect(url), settings)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -83,6 +83,7 @@ def decode_task_entry(entry_id: str, queue_key: str, fields: Mapping[bytes, byte
         correlation_id=data.correlation_id,
         kind=data.kind,
         iteration=data.iteration,
+        method=data.method,
         entry_id=entry_id,
         queue_key=queue_key,
     )

@@ -4,16 +4,20 @@ left pending (XAUTOCLAIM with its cursor carried between calls)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from .connection import is_cluster
 from .errors import StoreUnavailable
 from .store import TRANSIENT
 
 # One entry as read: (stream key, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
+_POLL_MIN_S = 0.002
+_POLL_MAX_S = 0.05
 
 
 def _s(v: bytes | str) -> str:
@@ -31,6 +35,10 @@ class GroupReader:
         # XAUTOCLAIM scans at most COUNT*10 pending entries per call: the
         # cursor must be carried, or entries past the first window starve.
         self._cursors = {s: "0-0" for s in self.streams}
+        # On Redis Cluster one XREADGROUP cannot name streams in different slots
+        # (CROSSSLOT), so each stream is read on its own, pipelined per node.
+        self.cluster = is_cluster(redis)
+        self._idle_s = _POLL_MIN_S
 
     def set_streams(self, streams: Sequence[str]) -> None:
         self.streams = list(streams)
@@ -60,6 +68,8 @@ class GroupReader:
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
         if not self.streams:
             return []
+        if self.cluster:
+            return await self._poll(count, block_ms or 0)
         try:
             reply = await self.redis.xreadgroup(
                 self.group, self.consumer, {s: ">" for s in self.streams}, count=count, block=block_ms
@@ -71,6 +81,30 @@ class GroupReader:
                 raise StoreUnavailable(f"consumer group {self.group} is missing: {exc}") from exc
             raise
         return _entries(reply)
+
+    async def _poll(self, count: int, block_ms: int) -> list[Entry]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + block_ms / 1000
+        while True:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in self.streams:
+                pipe.xreadgroup(self.group, self.consumer, {stream: ">"}, count=count)
+            try:
+                replies = await pipe.execute()
+            except TRANSIENT as exc:
+                raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    raise StoreUnavailable(f"consumer group {self.group} is missing: {exc}") from exc
+                raise
+            entries = [e for reply in replies for e in _entries(reply)]
+            remaining = deadline - loop.time()
+            if entries or remaining <= 0:
+                self._idle_s = _POLL_MIN_S
+                return entries
+            # Nothing yet: poll again soon, less often the longer it stays quiet.
+            await asyncio.sleep(min(self._idle_s, remaining))
+            self._idle_s = min(self._idle_s * 2, _POLL_MAX_S)
 
     async def reclaim(self, min_idle_ms: int, count: int = 100) -> list[tuple[Entry, int]]:
         """Claim entries idle longer than min_idle_ms; each with its delivery count."""

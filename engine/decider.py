@@ -17,6 +17,7 @@ from typing import Any, Callable
 from .decision import Decision, next_loop_item, step_done, task_id_for
 from .definition import Definition
 from .expressions import MissingValue, TemplateError, render
+from .keys import wait_signature
 from .model import (
     STATUS_COMPENSATING,
     STATUS_CREATED,
@@ -111,10 +112,9 @@ def _current(d: Decision, step: str, attempt: int, task_id: str | None, live: st
     if iteration is not None:
         definition = d.definition.step(step)
         if st.items is not None:
-            return iteration == st.iteration
+            return iteration == st.iteration and iteration not in st.done
         if definition.type == "validation":
-            return 0 <= iteration < len(definition.validation_rules) and (
-                iteration >= len(st.results) or st.results[iteration] is None)
+            return 0 <= iteration < len(definition.validation_rules) and iteration not in st.done
         return False
     return task_id is None or st.task_id is None or task_id == st.task_id
 
@@ -142,20 +142,10 @@ def _complete(d: Decision, cmd: CompleteStep) -> None:
     if step.type == "loop" and cmd.iteration is not None:
         d.emit(StepIterationCompleted(step=cmd.step, attempt=cmd.attempt, iteration=cmd.iteration,
                                       output=cmd.output))
-        next_loop_item(d, step)
-        d.advance()
+        d.advance()  # the next item goes out only while the instance runs (resume picks it up)
         return
-    output = cmd.output
-    if step.output is not None:  # the step maps the service's response to its output
-        try:
-            output = render(step.output, d.scope(response=cmd.output))
-        except (MissingValue, TemplateError) as exc:
-            reason = f"{exc.path} is not set" if isinstance(exc, MissingValue) else str(exc)
-            d.fail_step(cmd.step, cmd.attempt, StepError(message=f"cannot map the output of {cmd.step!r}: {reason}",
-                                                         retryable=False, kind="template"))
-            return
-    d.emit(StepCompleted(step=cmd.step, attempt=cmd.attempt, output=output))
-    d.advance()
+    if d.complete_step(step, cmd.attempt, cmd.output):
+        d.advance()
 
 
 def _validation_part(d: Decision, cmd: CompleteStep) -> None:
@@ -170,10 +160,10 @@ def _validation_part(d: Decision, cmd: CompleteStep) -> None:
         return
     d.emit(StepIterationCompleted(step=cmd.step, attempt=cmd.attempt, iteration=cmd.iteration, output=cmd.output))
     st = d.state.step(cmd.step)
-    if st.parts == len(step.validation_rules):
+    if len(st.done) == len(step.validation_rules):
         results = {r.rule: out for r, out in zip(step.validation_rules, st.results)}
-        d.emit(StepCompleted(step=cmd.step, attempt=cmd.attempt, output={"valid": True, "rules": results}))
-        d.advance()
+        if d.complete_step(step, cmd.attempt, {"valid": True, "rules": results}):
+            d.advance()
 
 
 def _fail(d: Decision, cmd: FailStep) -> None:
@@ -195,8 +185,11 @@ def _event(d: Decision, cmd: DeliverEvent) -> None:
     wait = d.state.step(cmd.step).wait
     if wait is None or wait.event_type != cmd.event_type or not matches(wait.filter, cmd.data):
         return
-    d.emit(StepCompleted(step=cmd.step, attempt=cmd.attempt, output=cmd.data, event_id=cmd.event_id))
-    d.advance()
+    taken = d.state.last_events.get(wait_signature(wait.event_type, wait.filter))
+    if taken is not None and _entry_key(cmd.event_id) <= _entry_key(taken):
+        return  # an earlier wait of this instance for the same thing took this event (or a later one)
+    if d.complete_step(d.definition.step(cmd.step), cmd.attempt, cmd.data, event_id=cmd.event_id):
+        d.advance()
 
 
 def _timer(d: Decision, cmd: FireTimer) -> None:
@@ -207,14 +200,18 @@ def _timer(d: Decision, cmd: FireTimer) -> None:
 
 def _workflow_timeout(d: Decision, cmd: FireTimer) -> None:
     if d.state.status in (STATUS_RUNNING, STATUS_PAUSED) and d.state.timeout_at is not None:
-        d.emit(WorkflowFailed(error=StepError(message=f"workflow timed out after {d.definition.timeout_ms} ms",
-                                              retryable=False, kind="timeout")))
+        error = StepError(message=f"workflow timed out after {d.definition.timeout_ms} ms", retryable=False,
+                          kind="timeout")
+        d.start_compensation(None, error)  # fails outright when there is nothing to compensate
 
 
 def _retry_timer(d: Decision, cmd: FireTimer) -> None:
     st = d.state.step(cmd.step)
-    if st.status == STEP_RETRYING and st.attempt == cmd.attempt and d.state.status in (
-            STATUS_RUNNING, STATUS_COMPENSATING):
+    if st.status != STEP_RETRYING or st.attempt != cmd.attempt:
+        return
+    compensating = cmd.step in d.definition.compensation_steps()
+    if (d.state.status == STATUS_RUNNING and not compensating) or (
+            d.state.status == STATUS_COMPENSATING and compensating):
         d.dispatch(d.definition.step(cmd.step), cmd.attempt + 1)
 
 
@@ -241,12 +238,9 @@ def _step_timeout(d: Decision, cmd: FireTimer) -> None:
         return
     final = StepError(message=error.message, retryable=False, kind="timeout")
     d.emit(StepFailed(step=cmd.step, attempt=cmd.attempt, error=final, continued=action.action == "continue"))
-    if action.action == "compensate":
-        if action.target:
-            d.notify(step, cmd.attempt, final, action.target, action.endpoint)
-        d.start_compensation(cmd.step, final)
-    else:
-        d.after_final_failure(step, cmd.attempt, final, handler=action)
+    if action.action == "compensate" and action.target:
+        d.notify(step, cmd.attempt, final, action.target, action.endpoint)
+    d.after_final_failure(step, cmd.attempt, final, handler=action)
 
 
 def _cancel(d: Decision, cmd: CancelWorkflow) -> None:
@@ -316,6 +310,14 @@ _TIMERS: dict[str, Callable[[Decision, FireTimer], None]] = {
     "timeout": _step_timeout,
     "delay": _delay_timer,
 }
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
 
 
 def matches(filter_: dict[str, Any], data: dict[str, Any]) -> bool:

@@ -26,6 +26,7 @@ from .model import (
     STEP_FAILED,
     STEP_PENDING,
     STEP_RETRYING,
+    STEP_SCHEDULED,
     STEP_SKIPPED,
     CancelWorkflow,
     ChildStarted,
@@ -116,6 +117,13 @@ class Decision:
             if st.status == STEP_FAILED and not st.continued and name not in self.compensation_names():
                 self.fail_workflow(name, st.error)
                 return
+        for step in self.definition.steps:  # loops between items continue
+            st = self.state.step(step.name)
+            if step.type == "loop" and st.status == STEP_SCHEDULED and st.items is not None \
+                    and st.iteration in st.done:
+                self.continue_loop(step)
+                if self.state.status != STATUS_RUNNING:
+                    return
         progressed = True
         while progressed and self.state.status == STATUS_RUNNING:
             progressed = False
@@ -140,13 +148,39 @@ class Decision:
         """A ready step: skipped when its branch was not taken or its condition fails, else dispatched."""
         deps = [self.state.step(d) for d in step.depends_on]
         if deps and all(d.status == STEP_SKIPPED for d in deps):
-            self.emit(StepSkipped(step=step.name, reason="every step it depends on was skipped"))
+            self.emit(StepSkipped(step=step.name, attempt=self.state.step(step.name).attempt,
+                                  reason="every step it depends on was skipped"))
             return
         if step.condition is not None and step.type != "conditional":
             if not evaluate_condition(step.condition, self.scope()):
-                self.emit(StepSkipped(step=step.name, reason=f"condition {step.condition!r} is false"))
+                self.emit(StepSkipped(step=step.name, attempt=self.state.step(step.name).attempt,
+                                      reason=f"condition {step.condition!r} is false"))
                 return
         self.dispatch(step, self.state.step(step.name).attempt + 1)
+
+    def complete_step(self, step: Step, attempt: int, raw: Any, event_id: str | None = None) -> bool:
+        """Complete a step with its result, mapped through the step's ``output`` when it has one."""
+        output = raw
+        if step.output is not None:
+            extra = {"response": raw, "event": raw} if event_id is not None else {"response": raw}
+            try:
+                output = render(step.output, self.scope(**extra))
+            except (MissingValue, TemplateError) as exc:
+                self.fail_step(step.name, attempt, StepError(
+                    message=f"cannot map the output of {step.name!r}: {_reason(exc)}", retryable=False,
+                    kind="template"))
+                return False
+        self.emit(StepCompleted(step=step.name, attempt=attempt, output=output, event_id=event_id))
+        return True
+
+    def continue_loop(self, step: Step) -> None:
+        try:
+            next_loop_item(self, step)
+        except (MissingValue, TemplateError, TemplateFailure) as exc:
+            st = self.state.step(step.name)
+            error = StepError(message=f"cannot render step {step.name!r}: {_reason(exc)}", retryable=False,
+                              kind="template")
+            self.fail_step(step.name, st.attempt + 1, error, st.iteration + 1)
 
     def dispatch(self, step: Step, attempt: int) -> None:
         try:
@@ -181,17 +215,22 @@ class Decision:
         handler = handler or step.on_error
         if handler is not None and handler.action == "notify" and handler.target:
             self.notify(step, attempt, error, handler.target, handler.endpoint)
-        if self.state.status == STATUS_COMPENSATING:
-            self.advance_compensation()
-        elif handler is not None and handler.action == "compensate":
-            self.start_compensation(step.name, error)
-        else:
-            self.advance()
+        # A paused instance acts on the failure when resumed (advance -> fail_workflow);
+        # a failed one stays failed until retried.
+        self.advance()
 
     def fail_workflow(self, step: str | None, error: StepError | None) -> None:
-        """A step failed for good: compensate when the definition can, else fail."""
-        handler = self.definition.step(step).on_error if step is not None else None
-        explicit = handler is not None and handler.action in ("terminate", "notify")
+        """A step failed for good: compensate when the definition can, else fail.
+
+        ``terminate`` and ``notify`` (on_failure, or on_timeout for a timeout)
+        fail outright; anything else compensates when there is a compensation block.
+        """
+        handler = None
+        if step is not None:
+            definition = self.definition.step(step)
+            timed_out = error is not None and error.kind == "timeout" and definition.on_timeout is not None
+            handler = definition.on_timeout if timed_out else definition.on_error
+        explicit = handler is not None and handler.action in ("terminate", "notify", "fail")
         if self.definition.compensation and not explicit:
             self.start_compensation(step, error)
         else:
@@ -320,7 +359,8 @@ def _service_call(d: Decision, step: Step, attempt: int) -> None:
     override = d.state.overrides.get(step.name)
     payload = override if override is not None else render(step.input, scope) if step.input is not None else {}
     d.emit(StepScheduled(step=step.name, attempt=attempt, task_id=task_id_for(d.state.id, step.name, attempt),
-                         queue=step.service, endpoint=endpoint, input=payload, timeout_at=_timeout(d, step)))
+                         queue=step.service, endpoint=endpoint, input=payload, timeout_at=_timeout(d, step),
+                         method=step.method))
 
 
 def _event_wait(d: Decision, step: Step, attempt: int) -> None:
@@ -335,7 +375,7 @@ def _conditional(d: Decision, step: Step, attempt: int) -> None:
     taken, other = (step.true_edge, step.false_edge) if result else (step.false_edge, step.true_edge)
     d.emit(StepCompleted(step=step.name, attempt=attempt, output={"result": result, "edge": taken}))
     if other is not None and d.state.step(other).status == STEP_PENDING:
-        d.emit(StepSkipped(step=other, reason=f"conditional {step.name!r} took the {'true' if result else 'false'} "
+        d.emit(StepSkipped(step=other, attempt=d.state.step(other).attempt, reason=f"conditional {step.name!r} took the {'true' if result else 'false'} "
                                              f"edge to {taken!r}"))
 
 
@@ -366,7 +406,7 @@ def _loop_item(d: Decision, step: Step, attempt: int, index: int, items: list[An
     payload = render(step.input, scope) if step.input is not None else {"item": items[index], "index": index}
     d.emit(StepScheduled(step=step.name, attempt=attempt, task_id=task_id_for(d.state.id, step.name, attempt, index),
                          queue=step.service, endpoint=endpoint, input=payload, timeout_at=_timeout(d, step),
-                         iteration=index, items=items if first else None))
+                         iteration=index, items=items if first else None, method=step.method))
 
 
 def next_loop_item(d: Decision, step: Step) -> None:
@@ -375,7 +415,7 @@ def next_loop_item(d: Decision, step: Step) -> None:
     if st.iteration + 1 < len(st.items):
         _loop_item(d, step, st.attempt + 1, st.iteration + 1, st.items, first=False)
     else:
-        d.emit(StepCompleted(step=step.name, attempt=st.attempt, output={"items": list(st.results)}))
+        d.complete_step(step, st.attempt, {"items": list(st.results)})
 
 
 def _validation(d: Decision, step: Step, attempt: int) -> None:
@@ -390,11 +430,14 @@ def _validation(d: Decision, step: Step, attempt: int) -> None:
 
 def _sub_workflow(d: Decision, step: Step, attempt: int) -> None:
     assert step.workflow is not None
-    payload = render(step.input, d.scope()) if step.input is not None else dict(d.state.context)
+    override = d.state.overrides.get(step.name)
+    payload = override if override is not None else (
+        render(step.input, d.scope()) if step.input is not None else dict(d.state.context))
     if not isinstance(payload, dict):
         raise TemplateFailure(f"a sub-workflow's input must be an object, got {type(payload).__name__}")
     d.emit(ChildStarted(step=step.name, attempt=attempt, child_id=child_id_for(d.state.id, step.name, attempt),
-                        workflow=step.workflow, version=step.workflow_version, input=payload))
+                        workflow=step.workflow, version=step.workflow_version, input=payload,
+                        timeout_at=_timeout(d, step)))
 
 
 def _timeout(d: Decision, step: Step) -> int | None:

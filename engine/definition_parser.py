@@ -26,6 +26,7 @@ can mean visiting billions of nodes.
 from __future__ import annotations
 
 import bisect
+import difflib
 import math
 import os
 import re
@@ -68,6 +69,13 @@ _STEP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 _MAX_NESTING: Final = 64
 _DEFAULT_JITTER: Final = 0.1
+STEP_FIELDS: Final = (
+    "name", "type", "step_type", "description", "depends_on", "sequence", "parallel", "config", "service",
+    "endpoint", "method", "payload", "input", "output", "event_type", "event_filter", "filter", "timeout",
+    "timeout_ms", "retry_policy", "on_failure", "on_timeout", "condition", "true_edge", "false_edge", "items",
+    "max_iterations", "validation_rules", "duration", "workflow", "workflow_version", "compensates", "tags",
+    "labels", "metadata",
+)
 
 
 class _Loader(yaml.SafeLoader):
@@ -267,6 +275,8 @@ class _Builder:
                     return found
             return None
 
+        self.unknown_keys(raw, path)
+        self.unknown_keys(config, f"{path}.config")
         name, kind = self.step_name(find("name"), path), self.step_type(find("type", "step_type"), path)
         for field, needed_by in _REQUIRED:
             if kind == needed_by and find(field) is None:
@@ -294,6 +304,14 @@ class _Builder:
             compensates=self.text(find("compensates")),
         )
         return _Draft(step, path, self.names(deps), deps[1] if deps else f"{path}.depends_on", f"{path}.on_failure")
+
+    def unknown_keys(self, raw: dict[str, Any], path: str) -> None:
+        """A misspelt field would otherwise be dropped silently (``depend_on`` would make a root step)."""
+        for key in raw:
+            if key not in STEP_FIELDS:
+                close = difflib.get_close_matches(str(key), STEP_FIELDS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.add(f"{path}.{key}", f"unknown field {key!r}{hint}")
 
     def condition(self, found: _At) -> str | None:
         if found is None:

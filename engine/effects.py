@@ -13,6 +13,7 @@ import orjson
 
 from .keys import Keys, encode_shape, filter_shape, partition_of
 from .model import (
+    STEP_CHILD,
     STEP_DELAYED,
     ChildStarted,
     CompensationStarted,
@@ -94,6 +95,7 @@ class _Planner:
         self.timeouts = {n: st.attempt for n, st in steps if st.timeout_at is not None}
         self.retries = {n: st.attempt for n, st in steps if st.retry_at is not None}
         self.delays = {n: st.attempt for n, st in steps if st.status == STEP_DELAYED}
+        self.children = {n: st.child_id for n, st in steps if st.status == STEP_CHILD and st.child_id}
 
     def timer(self, at: int, kind: str, step: str, attempt: int) -> None:
         self.fx.timers_add.append((at, timer_member(self.iid, kind, step, attempt)))
@@ -130,7 +132,8 @@ class _Planner:
 
     def task(self, e: StepScheduled | NotificationScheduled, kind: str, iteration: int | None = None) -> None:
         data = TaskData(service=e.queue, endpoint=e.endpoint, input=e.input, context=self.context,
-                        workflow=self.workflow, correlation_id=self.correlation_id, kind=kind, iteration=iteration)
+                        workflow=self.workflow, correlation_id=self.correlation_id, kind=kind, iteration=iteration,
+                        method=e.method if isinstance(e, StepScheduled) else None)
         self.fx.tasks.append((self.keys.tasks(self.p, e.queue), e.task_id, e.step, e.attempt, encode(data)))
 
 
@@ -153,6 +156,8 @@ def _completed(pl: _Planner, e: WorkflowCompleted) -> None:
 
 def _failed(pl: _Planner, e: WorkflowFailed | WorkflowCompensated) -> None:
     pl.end_deadline()
+    if isinstance(e, WorkflowCompensated):
+        _disarm_all(pl)  # final: nothing it waited for matters any more
     what = "failed" if isinstance(e, WorkflowFailed) else "was compensated"
     message = f"child workflow {pl.iid} {what}" + (f": {e.error.message}" if e.error else "")
     pl.tell_parent("step.failed", {"error": {"message": message, "retryable": False, "kind": "child"}})
@@ -162,8 +167,7 @@ def _compensating(pl: _Planner, e: CompensationStarted) -> None:
     pl.end_deadline()
 
 
-def _cancelled(pl: _Planner, e: WorkflowCancelled) -> None:
-    pl.end_deadline()
+def _disarm_all(pl: _Planner) -> None:
     for step in list(pl.waits) + list(pl.timeouts):
         pl.disarm(step)
     for step, attempt in pl.retries.items():
@@ -172,6 +176,17 @@ def _cancelled(pl: _Planner, e: WorkflowCancelled) -> None:
         pl.untimer("delay", step, attempt)
     pl.retries.clear()
     pl.delays.clear()
+
+
+def _cancelled(pl: _Planner, e: WorkflowCancelled) -> None:
+    pl.end_deadline()
+    _disarm_all(pl)
+    for child in pl.children.values():  # a cancelled parent cancels the children it is waiting for
+        target = pl.keys.inbox(partition_of(child, pl.keys.partitions))
+        pl.fx.outbox.append((target, {"type": "cancel", "id": child,
+                                      "data": orjson.dumps({"reason": f"parent {pl.iid} was cancelled"}).decode(),
+                                      "cmd_id": f"cancel:{child}"}))
+    pl.children.clear()
     pl.tell_parent("step.failed", {"error": {"message": f"child workflow {pl.iid} was cancelled",
                                              "retryable": False, "kind": "child"}})
 
@@ -198,6 +213,7 @@ def _waiting(pl: _Planner, e: StepWaiting) -> None:
 def _step_over(pl: _Planner, e: StepCompleted | StepFailed | StepIterationCompleted | StepSkipped) -> None:
     pl.disarm(e.step)
     pl.delays.pop(e.step, None)
+    pl.children.pop(e.step, None)
     if isinstance(e, StepFailed) and e.retry_at is not None:
         pl.timer(e.retry_at, "retry", e.step, e.attempt)
         pl.retries[e.step] = e.attempt
@@ -220,6 +236,10 @@ def _child(pl: _Planner, e: ChildStarted) -> None:
     pl.fx.outbox.append((target, {"type": "start", "id": e.child_id, "data": orjson.dumps(data).decode(),
                                   "cmd_id": f"start:{e.child_id}"}))
     pl.retries.pop(e.step, None)
+    pl.children[e.step] = e.child_id
+    if e.timeout_at is not None:
+        pl.timer(e.timeout_at, "timeout", e.step, e.attempt)
+        pl.timeouts[e.step] = e.attempt
 
 
 def _notification(pl: _Planner, e: NotificationScheduled) -> None:

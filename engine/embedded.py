@@ -14,6 +14,8 @@ from typing import Any, Callable
 import redis
 import redis.asyncio as aioredis
 
+from .connection import connect
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -92,7 +94,7 @@ class Backend:
 
             return fakeredis.FakeAsyncRedis(server=self._fake_server)
         assert self.url is not None
-        return aioredis.Redis.from_url(self.url)
+        return connect(self.url)
 
     def describe(self) -> str:
         if self.kind == "url":
@@ -123,3 +125,53 @@ def open_backend(url: str | None = None, prefer: str | None = None) -> Backend:
 
 
 ClientFactory = Callable[[], aioredis.Redis]
+
+
+class RedisClusterServer:
+    """A throwaway Redis Cluster on loopback: ``masters`` primaries with ``replicas`` each."""
+
+    def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
+        self.nodes = [RedisServer(None, "--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
+                                  "--cluster-config-file", "nodes.conf")
+                      for _ in range(masters * (1 + replicas))]
+        self.masters = masters
+        self.replicas = replicas
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self, timeout: float = 30.0) -> "RedisClusterServer":
+        cli = shutil.which("redis-cli")
+        if not cli:
+            raise FileNotFoundError("redis-cli is not on PATH")
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run([cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
+                        "--cluster-yes"], check=True, capture_output=True, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:  # every node must agree the cluster is up before clients connect
+            states = []
+            for node in self.nodes:
+                client = redis.Redis(port=node.port)
+                try:
+                    info = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+                    states.append(str(info.get("cluster_state") if isinstance(info, dict) else info))
+                finally:
+                    client.close()
+            if all(s == "ok" or "cluster_state:ok" in s for s in states):
+                return self
+            if time.monotonic() > deadline:
+                raise TimeoutError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> "RedisClusterServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

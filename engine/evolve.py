@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 
 import msgspec
 
+from .keys import wait_signature
 from .model import (
     STATUS_CANCELLED,
     STATUS_COMPENSATED,
@@ -105,13 +106,13 @@ def _started(s: State, e: WorkflowStarted, ts: int | None) -> None:
 
 def _scheduled(s: State, e: StepScheduled, ts: int | None) -> None:
     prev = s.step(e.step)
-    results, parts, iteration, items = prev.results, prev.parts, prev.iteration, prev.items
+    results, done, iteration, items = prev.results, prev.done, prev.iteration, prev.items
     if e.items is not None:  # a loop starts: its items, from the first
-        items, results, parts, iteration = e.items, [], 0, 0
+        items, results, done, iteration = e.items, [], [], 0
     elif items is not None and e.iteration is not None:  # a loop's next item, or a retry of this one
         iteration = e.iteration
     elif e.attempt != prev.attempt:  # a validation step's parts start over at each attempt
-        results, parts = [], 0
+        results, done = [], []
     s.steps[e.step] = replace(
         prev,
         status=STEP_SCHEDULED,
@@ -123,7 +124,7 @@ def _scheduled(s: State, e: StepScheduled, ts: int | None) -> None:
         started_ms=prev.started_ms if prev.started_ms is not None else ts,
         finished_ms=None,
         results=results,
-        parts=parts,
+        done=done,
         iteration=iteration,
         items=items,
     )
@@ -146,9 +147,12 @@ def _waiting(s: State, e: StepWaiting, ts: int | None) -> None:
 
 def _completed(s: State, e: StepCompleted, ts: int | None) -> None:
     prev = s.step(e.step)
+    if e.event_id is not None and prev.wait is not None:
+        s.last_events = {**s.last_events, wait_signature(prev.wait.event_type, prev.wait.filter): e.event_id}
     s.steps[e.step] = replace(
         prev,
         status=STEP_COMPLETED,
+        attempt=max(prev.attempt, e.attempt),
         output=e.output,
         error=None,
         wait=None,
@@ -182,7 +186,7 @@ def _iteration_completed(s: State, e: StepIterationCompleted, ts: int | None) ->
     s.steps[e.step] = replace(
         prev,
         results=results,
-        parts=prev.parts + 1,
+        done=[*prev.done, e.iteration],
         # each loop item gets a fresh attempt budget
         budget_from=e.attempt if prev.items is not None else prev.budget_from,
     )
@@ -206,6 +210,7 @@ def _child_started(s: State, e: ChildStarted, ts: int | None) -> None:
     s.steps[e.step] = replace(
         prev, status=STEP_CHILD, attempt=e.attempt, child_id=e.child_id, task_id=e.child_id, error=None,
         retry_at=None, finished_ms=None, started_ms=prev.started_ms if prev.started_ms is not None else ts,
+        timeout_at=e.timeout_at,
     )
 
 

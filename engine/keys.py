@@ -126,6 +126,12 @@ def encode_shape(shape: tuple[str, ...]) -> str:
     return orjson.dumps(list(shape)).decode()
 
 
+def wait_signature(event_type: str, filter_: dict[str, Any]) -> str:
+    """Names what a wait waits for: its event type and filter values."""
+    shape = filter_shape(filter_)
+    return f"{event_type}:{filter_digest(shape, [filter_[k] for k in shape])}"
+
+
 def filter_digest(shape: tuple[str, ...], values: list[Any]) -> str:
     """Digest of the filter values in shape order; equal JSON values, equal digest."""
     return hashlib.sha1(orjson.dumps([list(shape), values], option=orjson.OPT_SORT_KEYS)).hexdigest()

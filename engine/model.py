@@ -178,6 +178,7 @@ class StepScheduled(Event, frozen=True, kw_only=True, tag="workflow.step_schedul
     timeout_at: int | None = None
     iteration: int | None = None  # a loop item or validation rule, by position
     items: list[JSON] | None = None  # a loop's resolved items, on its first iteration
+    method: str | None = None  # the step's HTTP-style method, passed to the handler
 
 
 class StepWaiting(Event, frozen=True, kw_only=True, tag="workflow.step_waiting"):
@@ -204,7 +205,7 @@ class StepIterationCompleted(Event, frozen=True, kw_only=True, tag="workflow.ste
 
 class StepSkipped(Event, frozen=True, kw_only=True, tag="workflow.step_skipped"):
     step: str
-    attempt: int = 0
+    attempt: int  # the attempts the step had used (0 when it never ran)
     reason: str
 
 
@@ -221,6 +222,7 @@ class ChildStarted(Event, frozen=True, kw_only=True, tag="workflow.child_started
     workflow: str
     version: str | None = None
     input: dict[str, JSON] = {}
+    timeout_at: int | None = None
 
 
 class StepFailed(Event, frozen=True, kw_only=True, tag="workflow.step_failed"):
@@ -333,6 +335,7 @@ class TaskData(msgspec.Struct, kw_only=True, omit_defaults=True):
     correlation_id: str | None = None
     kind: str = "step"  # "step" | "notification"
     iteration: int | None = None  # which loop item or validation rule
+    method: str | None = None
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):
@@ -351,6 +354,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str | None = None
     kind: str = "step"
     iteration: int | None = None
+    method: str | None = None
     entry_id: str = ""
     queue_key: str = ""
 
@@ -398,7 +402,7 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     iteration: int = 0  # a loop's current item
     items: list[JSON] | None = None  # a loop's items
     results: list[JSON] = []  # per-item (loop) or per-rule (validation) outputs so far
-    parts: int = 0  # how many parts (loop items / validation rules) completed at this attempt
+    done: list[int] = []  # which items / rules completed (validation: at this attempt)
     child_id: str | None = None
 
 
@@ -421,6 +425,7 @@ class State(msgspec.Struct, kw_only=True):
     finished_ms: int | None = None
     timeout_at: int | None = None
     seen: frozenset[str] = frozenset()
+    last_events: dict[str, str] = {}  # wait signature (type + filter) -> the last ff:events entry a wait took
     parent: ParentRef | None = None
     signals: dict[str, JSON] = {}
     overrides: dict[str, JSON] = {}  # edited step inputs from retry --from-step --input

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from .connection import connect
 from .config import LOG_FORMATS, Settings, from_env
 from .errors import InvalidInput
 from .keys import Keys
@@ -197,7 +198,7 @@ async def cmd_health(args: argparse.Namespace) -> int:
         return 0 if code == 200 else 1
     from .health import Probe
 
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout)
+    redis = connect(settings.redis_url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout)
     try:
         probe = Probe(redis, Keys(settings.prefix, settings.partitions), "cli", None,
                       stuck_after_ms=settings.stuck_after_ms, alive=lambda: True, stopping=lambda: False)
@@ -228,7 +229,7 @@ async def cmd_stuck(args: argparse.Namespace) -> int:
 
     older = parse_duration_ms(args.older_than)
     settings = _settings(args)
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     try:
         found = await find_stuck(redis, Keys(settings.prefix, settings.partitions), older, deep=args.deep,
                                  limit=args.limit)

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from .config import Settings
 from .heartbeat import read_heartbeats
 from .inventory import dead_letters, partition_lag
+from .connection import connect
 
 FINAL = {"workflow.completed": "completed", "workflow.failed": "failed", "workflow.cancelled": "cancelled"}
 STATUS_OF = {"workflow.created": "created", "workflow.started": "running", "workflow.paused": "paused",
@@ -242,7 +243,7 @@ def draw(out: TextIO, lines: list[str]) -> None:
 async def run_top(settings: Settings, *, interval: float = 1.0, once: bool = False, iterations: int = 0,
                   out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    redis = connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     top = Top(redis, settings)
     interactive = out.isatty() and not once
     quit_event = asyncio.Event()

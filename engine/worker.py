@@ -20,14 +20,14 @@ from typing import Any, Callable, Iterable
 import redis.asyncio as aioredis
 
 from .catalog import Catalog
-from .codec import decode_command_entry
+from .codec import command_fields, decode_command_entry
 from .config import Settings
 from .consumer import Entry, GroupReader
 from .decider import decide_and_fold
 from .definition import Definition
 from .effects import plan
 from .errors import PoisonMessage, StoreUnavailable
-from .keys import ENGINE_GROUP, Keys, encode_shape, filter_shape
+from .keys import ENGINE_GROUP, Keys, encode_shape, filter_shape, wait_signature
 from .model import INITIAL, STATUS_NONE, Envelope, Event, StartWorkflow, State, StepWaiting
 from .relay import OutboxRelay
 from .schema import violations
@@ -38,6 +38,11 @@ from .timers import TimerPoller
 
 log = logging.getLogger("foldflow.worker")
 MAX_ROUNDS = 8  # conflict retries within one batch before leaving entries to redelivery
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def clock_ms() -> int:
@@ -109,6 +114,7 @@ class EngineWorker:
         self.leases = PartitionLeases(redis, self.keys, self.store, self.consumer, settings.lease_ms)
         self.reader.set_streams([])
         self._stopping = asyncio.Event()
+        self._orphans: list[tuple[str, StartWorkflow, str]] = []
 
     # -- lifecycle -----------------------------------------------------------
     async def prepare(self) -> None:
@@ -238,7 +244,7 @@ class EngineWorker:
     async def _apply(self, groups: dict[str, list[Envelope]], by_id: dict[str, Entry]) -> None:
         stale: set[str] = set()
         todo = groups
-        waits: list[tuple[str, StepWaiting, int]] = []
+        waits: list[tuple[str, StepWaiting, int, str | None]] = []
         for _ in range(MAX_ROUNDS):
             if not todo:
                 break
@@ -262,6 +268,8 @@ class EngineWorker:
                 after.append((iid, kept, new_state))
             if poison:
                 await self._dead_letter(poison)
+            if self._orphans:
+                await self._tell_parents()
             results = await self.store.append_many(reqs, ENGINE_GROUP, self.consumer, fenced=True)
             todo = {}
             stale = set()
@@ -275,7 +283,9 @@ class EngineWorker:
                     self.stats.events += len(req.events)
                     if not req.events:
                         self.stats.ignored += len(envs)
-                    waits += [(iid, e, new_state.created_ms or 0) for e in req.events if isinstance(e, StepWaiting)]
+                    waits += [(iid, e, new_state.created_ms or 0,
+                               new_state.last_events.get(wait_signature(e.event_type, e.filter)))
+                              for e in req.events if isinstance(e, StepWaiting)]
                 elif res.status == CONFLICT:
                     self.stats.conflicts += 1
                     stale.add(iid)
@@ -296,22 +306,27 @@ class EngineWorker:
         if waits:
             await self._catch_up(waits)
 
-    async def _catch_up(self, waits: list[tuple[str, StepWaiting, int]]) -> None:
+    async def _catch_up(self, waits: list[tuple[str, StepWaiting, int, str | None]]) -> None:
         """Deliver events published after an instance started but before its wait began.
 
         The router indexes every event under the filter shapes definitions wait
         with before it looks for open waits; we look in that index after the wait
         is registered. Whichever runs second sees the other's write, so no event
-        is lost; one seen by both arrives twice and the second is ignored.
+        is lost; one seen by both arrives twice and the second is ignored. An event
+        an earlier wait of the same instance already took does not count again.
         """
         pipe = self.redis.pipeline(transaction=False)
-        for _, wait, since in waits:
+        for _, wait, since, _ in waits:
             shape = filter_shape(wait.filter)
             pipe.sadd(self.keys.event_shapes(wait.event_type), encode_shape(shape))
             key = self.keys.event_index(wait.event_type, shape, [wait.filter[k] for k in shape])
-            pipe.zrangebyscore(key, since, "+inf", start=0, num=1)
+            pipe.zrangebyscore(key, since, "+inf", start=0, num=16)
         replies = await pipe.execute()
-        found = [(iid, wait, ids[0].decode()) for (iid, wait, _), ids in zip(waits, replies[1::2]) if ids]
+        found = []
+        for (iid, wait, _, taken), ids in zip(waits, replies[1::2]):
+            fresh = [i.decode() for i in ids if taken is None or _entry_key(i.decode()) > _entry_key(taken)]
+            if fresh:
+                found.append((iid, wait, fresh[0]))
         if not found:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -328,6 +343,19 @@ class EngineWorker:
                 continue  # the router dead-letters it
             command = event_command(iid, wait.step, wait.attempt, etype, event_id, data, corr)
             pipe.xadd(self.keys.inbox(self.keys.partition(iid)), command)
+        await pipe.execute()
+
+    async def _tell_parents(self) -> None:
+        """A sub-workflow that could not start fails its parent's step instead of leaving it waiting."""
+        pipe = self.redis.pipeline(transaction=False)
+        for child, cmd, reason in self._orphans:
+            assert cmd.parent is not None
+            data = {"step": cmd.parent.step, "attempt": cmd.parent.attempt, "task_id": child,
+                    "error": {"message": f"child workflow {child} could not start: {reason}", "retryable": False,
+                              "kind": "child"}}
+            pipe.xadd(self.keys.inbox(self.keys.partition(cmd.parent.id)),
+                      command_fields("step.failed", cmd.parent.id, data, f"child:{child}:step.failed"))  # type: ignore[arg-type]
+        self._orphans.clear()
         await pipe.execute()
 
     def _lose(self, p: int) -> None:
@@ -348,15 +376,18 @@ class EngineWorker:
                 poison.append((by_id[env.entry_id], f"unknown instance {iid!r}: no workflow was started with this id"))
                 continue
             definition = self._definition_for(state, cmd)
-            if definition is None:
-                poison.append((by_id[env.entry_id], self._missing_definition(state, cmd)))
-                continue
-            if state.status == STATUS_NONE and isinstance(cmd, StartWorkflow) and definition.input_schema:
+            refusal = self._missing_definition(state, cmd) if definition is None else None
+            if definition is not None and state.status == STATUS_NONE and isinstance(cmd, StartWorkflow) \
+                    and definition.input_schema:
                 problems = violations(definition.input_schema, cmd.context)
                 if problems:  # refused: no instance is created
-                    poison.append((by_id[env.entry_id], "input does not match the input schema of "
-                                   f"{definition.name!r} {definition.version}: " + "; ".join(problems)))
-                    continue
+                    refusal = (f"input does not match the input schema of {definition.name!r} "
+                               f"{definition.version}: " + "; ".join(problems))
+            if refusal is not None or definition is None:
+                poison.append((by_id[env.entry_id], refusal or "no definition"))
+                if isinstance(cmd, StartWorkflow) and cmd.parent is not None:
+                    self._orphans.append((iid, cmd, refusal or "no definition"))
+                continue
             new_events, state = decide_and_fold(state, env, definition, now)
             events += new_events
             kept.append(env)

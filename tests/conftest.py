@@ -86,7 +86,8 @@ def agent_example() -> bytes:
 
 @pytest.fixture(params=["real", "fake"])
 def cluster_backend(request: pytest.FixtureRequest, prefix: str) -> tuple[Callable[[], aioredis.Redis], Settings]:
-    base = dict(prefix=prefix, partitions=4, block_ms=50, timer_poll_ms=20, claim_idle_ms=1_000)
+    # Breakers off unless a test is about them: a burst of simulated failures would open one.
+    base = dict(prefix=prefix, partitions=4, block_ms=50, timer_poll_ms=20, claim_idle_ms=1_000, breaker_threshold=0)
     if request.param == "real":
         url = request.getfixturevalue("redis_url")
         return (lambda: aioredis.Redis.from_url(url)), Settings(redis_url=url, **base)  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "FOLDFLOW_CLAIM_IDLE_MS": "1000",
         "FOLDFLOW_BLOCK_MS": "100",
         "FOLDFLOW_TIMER_POLL_MS": "50",
+        "FOLDFLOW_BREAKER_THRESHOLD": "0",  # bursts of the simulated failures would open it
     }
 
 

@@ -502,3 +502,9 @@ def test_on_failure_conflicting_with_error_handlers() -> None:
     assert only_problem(doc) == Problem(
         "definition.steps[0].on_failure", "conflicts with the error handler at definition.error_handlers[0]"
     )
+
+
+def test_a_misspelt_step_field_is_a_problem_naming_the_closest_field() -> None:
+    doc = envelope(call("a"), call("b", depend_on=["a"]))
+    problem = only_problem(doc)
+    assert problem == Problem("definition.steps[1].depend_on", "unknown field 'depend_on' (did you mean 'depends_on'?)")

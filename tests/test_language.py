@@ -442,3 +442,48 @@ async def _waiting(c: Cluster, iid: str) -> bool:
         return (await c.client.state(iid)).step("gate").status == "waiting"
     except Exception:
         return False
+
+
+def test_sub_workflow_failures_reach_the_parent(cluster_backend: Any) -> None:
+    factory, settings = cluster_backend
+    waiting_child = _flow("waits-forever", [{"name": "w", "type": "wait_for_event", "event_type": "never",
+                                              "filter": {"k": "{{ input.k }}"}}])
+    parent = _flow("parent-of-trouble", [
+        {"name": "missing", "type": "sub_workflow", "workflow": "no-such-workflow", "on_failure": {"action": "continue"}},
+        {"name": "slow", "type": "sub_workflow", "workflow": "waits-forever", "timeout": "300ms",
+         "input": {"k": "x"}, "on_failure": {"action": "continue"}},
+        {"name": "held", "type": "sub_workflow", "workflow": "waits-forever", "input": {"k": "y"},
+         "depends_on": ["missing", "slow"]},
+    ])
+
+    async def scenario() -> None:
+        async with Cluster(factory, settings, echo_services()) as c:
+            c.agents.stop()
+            await c.client.register(waiting_child)
+            await c.client.register(parent)
+            iid = await c.client.start("parent-of-trouble", {})
+
+            async def held() -> Any:
+                state = await c.client.state(iid)
+                return state if state.step("held").status == "child_running" else None
+
+            state = await eventually(held)
+            missing, slow = state.step("missing"), state.step("slow")
+            assert missing.status == "failed" and missing.error is not None
+            assert "could not start" in missing.error.message and "no-such-workflow" in missing.error.message
+            assert slow.status == "failed" and slow.error is not None and slow.error.kind == "timeout"
+            child = state.step("held").child_id
+            assert child is not None
+            await eventually(lambda: _status_is(c, child, "running"))
+            await c.client.cancel(iid)  # cancelling the parent cancels the child it waits for
+            await c.client.wait(iid)
+            assert (await c.client.wait(child, timeout=20)).status == "cancelled"
+
+    run(scenario())
+
+
+async def _status_is(c: Cluster, iid: str, status: str) -> bool:
+    try:
+        return (await c.client.state(iid)).status == status
+    except Exception:
+        return False

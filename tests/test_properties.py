@@ -9,8 +9,16 @@ the strategy knowing the state. Moves include stale results, mismatched
 events, timers that fire when due or early, control commands, cmd_id reuse and
 exact re-deliveries of the previous inbox entry.
 
+Language scenarios add conditionals (with edges to later steps), ``condition:``
+on any step, loops, validation steps, delays, ``on_timeout`` actions and a
+compensation block, and moves that name a loop item or validation rule, fire
+delay timers, send signals and retry from a step.
+
 Each test replays the scenario through ``decide_and_fold`` (and ``plan``) and
-checks one family of properties on the trace.
+checks one family of properties on the trace. Every property of the core runs
+twice, on core scenarios (``test_*``) and on language scenarios
+(``test_language_*``), so a failure says which half of the engine it is in.
+Cases that random runs reach too rarely to rely on are pinned with ``@example``.
 """
 
 from __future__ import annotations
@@ -19,32 +27,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.decider import decide, decide_and_fold, step_done
-from engine.definition import Definition, parse_definition
+from engine.definition import Definition, Step, parse_definition
 from engine.effects import plan, timer_member
 from engine.evolve import evolve, fold, fold_stored
 from engine.keys import Keys
 from engine.model import (
     INITIAL,
     STATUS_CANCELLED,
+    STATUS_COMPENSATED,
+    STATUS_COMPENSATING,
     STATUS_COMPLETED,
     STATUS_CREATED,
     STATUS_FAILED,
     STATUS_NONE,
     STATUS_PAUSED,
     STATUS_RUNNING,
+    STEP_CHILD,
+    STEP_COMPLETED,
+    STEP_DELAYED,
     STEP_FAILED,
     STEP_PENDING,
     STEP_RETRYING,
     STEP_SCHEDULED,
+    STEP_SKIPPED,
     STEP_WAITING,
     TERMINAL,
     AnyCommand,
     CancelWorkflow,
+    ChildStarted,
     CommandRejected,
+    CompensationStarted,
     CompleteStep,
     DeliverEvent,
     Envelope,
@@ -54,15 +70,22 @@ from engine.model import (
     PauseWorkflow,
     ResumeWorkflow,
     RetryWorkflow,
+    SignalWorkflow,
     StartWorkflow,
     State,
     StepCompleted,
+    StepDelayed,
     StepError,
     StepFailed,
+    StepIterationCompleted,
     StepScheduled,
+    StepSkipped,
+    StepState,
     StepWaiting,
+    WorkflowCompensated,
     WorkflowCompleted,
     WorkflowFailed,
+    WorkflowRetried,
 )
 
 SETTINGS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -78,35 +101,58 @@ P = 1
 FILTERS = st.sampled_from([{}, {"k": "${context.k}"}, {"k": "${context.k}"}, {"k": "${context.k}", "z": 1},
                            {"k": "${context.k}", "z": 1}, {"k": "${context.missing}"}])
 ENDPOINTS = st.sampled_from([None, None, "/x", "/x/{k}", "/x/{k}", "/x/{missing}"])
+CONDITIONS = st.sampled_from(["input.k == 'v'", "steps.s0.output.n > 3", "signals.go", "not signals.go", "true",
+                              "len(input.items) > 1", "steps.s0.completed"])
+ITEMS = st.sampled_from(["{{ input.items }}", "{{ input.items }}", "{{ input.items }}", "{{ steps.s0.output.list }}",
+                         "{{ input.k }}"])  # the last is not a list
+LANGUAGE_TYPES = st.sampled_from(["service_call", "service_call", "event_wait", "conditional", "loop", "loop",
+                                  "validation", "delay"])
+
+
+def _retry_policy(draw: st.DrawFn) -> dict[str, Any]:
+    return {"max_attempts": draw(st.integers(1, 3)), "backoff_base": draw(st.integers(1, 3)),
+            "backoff_multiplier": draw(st.integers(0, 2000))}
 
 
 @st.composite
-def step_docs(draw: st.DrawFn, index: int) -> dict[str, Any]:
+def step_docs(draw: st.DrawFn, index: int, kind: str | None = None) -> dict[str, Any]:
+    """One step; ``kind`` None is the core mix (service calls and event waits only)."""
     name = f"s{index}"
     earlier = [f"s{j}" for j in range(index)]
     doc: dict[str, Any] = {
         "name": name,
         "depends_on": draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else [],
-        "retry_policy": {
-            "max_attempts": draw(st.integers(1, 3)),
-            "backoff_base": draw(st.integers(1, 3)),
-            "backoff_multiplier": draw(st.integers(0, 2000)),
-        },
+        "retry_policy": _retry_policy(draw),
     }
-    if draw(st.booleans()):
+    if kind is None:
+        kind = "service_call" if draw(st.booleans()) else "event_wait"
+    if kind == "service_call":
         doc.update(type="service_call", service=draw(st.sampled_from(["q1", "q2"])))
         if (endpoint := draw(ENDPOINTS)) is not None:
             doc["endpoint"] = endpoint
-    else:
+    elif kind == "event_wait":
         doc.update(type="event_wait", event_type=draw(st.sampled_from(["e1", "e2"])), filter=draw(FILTERS))
-    if draw(st.booleans()):
+    elif kind == "conditional":
+        doc.update(type="conditional", condition=draw(CONDITIONS))  # edges are drawn with the whole definition
+    elif kind == "loop":
+        doc.update(type="loop", service="q1", items=draw(ITEMS), max_iterations=draw(st.integers(1, 4)))
+        if draw(st.booleans()):
+            doc["input"] = {"x": "{{ item }}", "i": "{{ index }}"}
+    elif kind == "validation":
+        fields = draw(st.lists(st.sampled_from(["k", "items", "missing"]), min_size=1, max_size=3))
+        doc.update(type="validation", validation_rules=[
+            {"field": f, "rule": f"r{m}", "service": "q2"} for m, f in enumerate(fields)])
+    elif kind == "delay":
+        doc.update(type="delay", duration=draw(st.integers(0, 3000)))
+    if kind in ("service_call", "event_wait", "loop", "validation") and draw(st.booleans()):
         doc["timeout"] = draw(st.integers(1, 5000))
     return doc
 
 
 @st.composite
-def handler_docs(draw: st.DrawFn, step: str) -> dict[str, Any] | None:
-    action = draw(st.sampled_from([None, None, "retry", "continue", "notify", "terminate"]))
+def handler_docs(draw: st.DrawFn, step: str, compensation: bool = False) -> dict[str, Any] | None:
+    actions = [None, None, "retry", "continue", "notify", "terminate"] + (["compensate"] if compensation else [])
+    action = draw(st.sampled_from(actions))
     if action is None:
         return None
     on_error: dict[str, Any] = {"action": action}
@@ -125,26 +171,128 @@ def definitions(draw: st.DrawFn) -> Definition:
     return parse_definition({"steps": steps, "error_handlers": handlers}, name="prop", version="1")
 
 
+@st.composite
+def language_definitions(draw: st.DrawFn) -> Definition:
+    n = draw(st.integers(1, 8))
+    steps = [draw(step_docs(i, draw(LANGUAGE_TYPES))) for i in range(n)]
+    compensation = draw(st.booleans())
+    taken: set[str] = set()  # a step is the edge of one conditional at most
+    for i, doc in enumerate(steps):
+        if doc["type"] == "conditional":
+            for key in ("true_edge", "false_edge"):
+                later = [f"s{j}" for j in range(i + 1, n) if f"s{j}" not in taken]
+                target = draw(st.sampled_from([None, *later]))
+                if target is not None:
+                    doc[key] = target
+                    taken.add(target)
+        elif draw(st.integers(0, 4)) == 0:
+            doc["condition"] = draw(CONDITIONS)
+        if doc["type"] == "event_wait" and "timeout" in doc and draw(st.booleans()):
+            actions = ["fail", "continue", "notify"] + (["compensate"] if compensation else [])
+            action = draw(st.sampled_from(actions))
+            doc["on_timeout"] = {"action": action, **({"target": "ops"} if action == "notify" else {})}
+    handlers = [h for i in range(n) if (h := draw(handler_docs(f"s{i}", compensation))) is not None]
+    document: dict[str, Any] = {"steps": steps, "error_handlers": handlers}
+    if compensation:
+        undo = []
+        for m in range(draw(st.integers(1, 3))):
+            doc = {"name": f"c{m}", "type": "service_call", "service": "q1", "retry_policy": _retry_policy(draw)}
+            if draw(st.booleans()):
+                doc["compensates"] = f"s{draw(st.integers(0, n - 1))}"
+            if draw(st.integers(0, 3)) == 0:
+                doc["condition"] = draw(CONDITIONS)
+            undo.append(doc)
+        document["compensation"] = {"steps": undo}
+    return parse_definition(document, name="prop", version="1")
+
+
 # Results and timers outnumber control commands, or most runs would end at an early cancel.
 MOVE_KINDS = ["complete"] * 6 + ["event"] * 4 + ["fail"] * 2 + ["fire"] * 3 + [
     "start", "timer", "cancel", "pause", "resume", "resume", "retry", "retry", "dup", "dup"]
-Move = tuple[str, int, int, int, str | None, int]
-moves = st.tuples(
-    st.sampled_from(MOVE_KINDS),
-    st.integers(0, 9),  # which step or armed timer (below 7: preferably a step that is running now)
-    st.sampled_from([0, 0, 0, 0, -1, 1]),  # attempt offset from the step's current attempt
-    st.integers(0, 3),  # a variant: task id / retryable / event match / timer kind
-    st.sampled_from([None, None, None, None, "c1", "c2", "c3"]),  # the sender's cmd_id
-    st.integers(0, 3000),  # ms that pass before the move
-)
+LANGUAGE_MOVE_KINDS = MOVE_KINDS + ["complete"] * 4 + ["fire"] * 2 + ["pause", "signal", "signal", "retry_from"]
+Move = tuple[str, int, int, int, str | None, int, int]
+
+
+def move_strategy(kinds: list[str]) -> st.SearchStrategy[Move]:
+    return st.tuples(
+        st.sampled_from(kinds),
+        st.integers(0, 9),  # which step or armed timer (below 7: preferably a step that is running now)
+        st.sampled_from([0, 0, 0, 0, -1, 1]),  # attempt offset from the step's current attempt
+        st.integers(0, 3),  # a variant: task id / retryable / event match / timer kind
+        st.sampled_from([None, None, None, None, "c1", "c2", "c3"]),  # the sender's cmd_id
+        st.integers(0, 3000),  # ms that pass before the move
+        st.sampled_from([0, 0, 0, 0, 1, 2]),  # which part: the current item or an open rule / the next / none
+    )
+
+
+moves = move_strategy(MOVE_KINDS)
+language_moves = move_strategy(LANGUAGE_MOVE_KINDS)
+START: Move = ("start", 0, 0, 0, None, 0, 0)
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[Definition, dict[str, Any], list[Move]]:
     definition = draw(definitions())
     context = draw(st.sampled_from([{"k": "v"}, {"k": "v"}, {"k": "v"}, {"k": "v", "missing": "here"}, {}]))
-    first: Move = ("start", 0, 0, 0, None, 0)
-    return definition, context, [first, *draw(st.lists(moves, min_size=5, max_size=50))]
+    return definition, context, [START, *draw(st.lists(moves, min_size=5, max_size=50))]
+
+
+@st.composite
+def language_scenarios(draw: st.DrawFn) -> tuple[Definition, dict[str, Any], list[Move]]:
+    definition = draw(language_definitions())
+    context: dict[str, Any] = draw(st.sampled_from([{"k": "v"}, {"k": "v"}, {"k": "w"}, {}]))
+    if draw(st.integers(0, 5)):
+        context = {**context, "items": draw(st.lists(st.integers(0, 9), max_size=5))}
+    return definition, context, [START, *draw(st.lists(language_moves, min_size=5, max_size=60))]
+
+
+def mv(kind: str, which: int = 0, offset: int = 0, variant: int = 0, ms: int = 0, part: int = 0) -> Move:
+    return (kind, which, offset, variant, None, ms, part)
+
+
+def pinned(steps: list[dict[str, Any]], moves_: list[Move], context: dict[str, Any] | None = None,
+           **extra: Any) -> tuple[Definition, dict[str, Any], list[Move]]:
+    """A language scenario written out, for a case random runs reach too rarely to rely on."""
+    definition = parse_definition({"steps": steps, **extra}, name="prop", version="1")
+    return definition, {"k": "v"} if context is None else context, [START, *moves_]
+
+
+_UNDO = {"steps": [{"name": "c0", "type": "service_call", "service": "q1"}]}
+_LOOP = {"name": "s0", "type": "loop", "service": "q1", "items": "{{ input.items }}"}
+# A loop item finished while paused starts the next item.
+PAUSED_LOOP = pinned([_LOOP], [mv("pause"), mv("complete")], {"items": [1, 2]})
+# A loop item finished after another branch failed the instance starts the next item.
+FAILED_LOOP = pinned([_LOOP, {"name": "s1", "type": "service_call", "service": "q1"}],
+                     [mv("fail", which=1), mv("complete")], {"items": [1, 2]})
+# A main step's retry timer fires during compensation and dispatches the step.
+RETRY_WHILE_COMPENSATING = pinned(
+    [{"name": "s0", "type": "service_call", "service": "q1"},
+     {"name": "s1", "type": "service_call", "service": "q1", "retry_policy": {"max_attempts": 3}}],
+    [mv("fail", which=1, variant=1), mv("fail", which=0), mv("timer", which=7)], compensation=_UNDO)
+# A rewound conditional completes at attempt 1 a second time.
+REWOUND_CONDITIONAL = pinned(
+    [{"name": "s0", "type": "service_call", "service": "q1"},
+     {"name": "s1", "type": "conditional", "depends_on": ["s0"], "condition": "true"},
+     {"name": "s2", "type": "service_call", "service": "q1", "depends_on": ["s1"]}],
+    [mv("complete"), mv("fail"), mv("retry_from", which=1, variant=1)])
+# A loop item's payload that cannot render raises out of decide.
+UNRENDERABLE_ITEM = pinned([{**_LOOP, "input": {"x": "{{ item.a }}"}}], [mv("complete")],
+                           {"items": [{"a": 1}, {}]})
+# Compensation ends while an event wait (and its timeout) and a delay are still armed.
+COMPENSATED_WITH_WAIT = pinned(
+    [{"name": "s0", "type": "service_call", "service": "q1"},
+     {"name": "s1", "type": "event_wait", "event_type": "e1", "timeout": 5000},
+     {"name": "s2", "type": "delay", "duration": 3000}],
+    [mv("fail"), mv("complete")], compensation=_UNDO)
+# A step with a `compensate` handler fails finally while the instance is paused.
+COMPENSATE_WHILE_PAUSED = pinned(
+    [{"name": "s0", "type": "service_call", "service": "q1", "on_failure": {"action": "compensate"}}],
+    [mv("pause"), mv("fail")], compensation=_UNDO)
+# ... or after the instance failed through a `terminate` handler.
+COMPENSATE_AFTER_FAILED = pinned(
+    [{"name": "s0", "type": "service_call", "service": "q1", "on_failure": {"action": "terminate"}},
+     {"name": "s1", "type": "service_call", "service": "q1", "on_failure": {"action": "compensate"}}],
+    [mv("fail"), mv("fail")], compensation=_UNDO)
 
 
 # ---------------------------------------------------------------------------
@@ -174,12 +322,24 @@ class Trace:
         return [(e, d.now) for d in self.decisions for e in d.events]
 
 
+def part_for(step: Step, current: StepState, which: int, part: int) -> int | None:
+    """The loop item or validation rule a result names: the one running now, the next one, or none."""
+    if step.type == "loop":
+        return [current.iteration, current.iteration + 1, None][part]
+    if step.type == "validation":
+        rules = len(step.validation_rules)
+        open_ = [i for i in range(rules) if i >= len(current.results) or current.results[i] is None]
+        return [open_[which % len(open_)] if open_ else 0, rules, None][part]
+    return None if part < 2 else 0
+
+
 def command_for(move: Move, state: State, definition: Definition, context: dict[str, Any],
                 trace: Trace, now: int) -> tuple[AnyCommand | None, int]:
-    kind, which, offset, variant, _, _ = move
-    step = definition.steps[which % len(definition.steps)]
+    kind, which, offset, variant, _, _, part = move
+    every = definition.steps + definition.compensation
+    step = every[which % len(every)]
     live_status = STEP_WAITING if kind == "event" else STEP_SCHEDULED
-    live = [s for s in definition.steps if state.step(s.name).status == live_status]
+    live = [s for s in every if state.step(s.name).status == live_status]
     if live and which < 7:
         step = live[which % len(live)]
     current = state.step(step.name)
@@ -187,11 +347,16 @@ def command_for(move: Move, state: State, definition: Definition, context: dict[
     if kind == "start":
         return StartWorkflow(workflow=definition.name, context=context), now
     if kind == "complete":
-        task_id = [f"{IID}:{step.name}:{attempt}", None, "elsewhere", current.task_id][variant]
-        return CompleteStep(step=step.name, attempt=attempt, task_id=task_id, output={"n": which}), now
+        iteration = part_for(step, current, which, part)
+        own = f"{IID}:{step.name}:{attempt}" + ("" if iteration is None else f":{iteration}")
+        task_id = [own, None, "elsewhere", current.task_id][variant]
+        output = {"n": which, "list": list(range(which % 4)), "valid": which % 5 != 4}
+        return CompleteStep(step=step.name, attempt=attempt, task_id=task_id, output=output,
+                            iteration=iteration), now
     if kind == "fail":
         error = StepError(message="boom", retryable=variant != 0)
-        return FailStep(step=step.name, attempt=attempt, error=error, task_id=current.task_id), now
+        return FailStep(step=step.name, attempt=attempt, error=error, task_id=current.task_id,
+                        iteration=part_for(step, current, which, part)), now
     if kind == "event":
         wait = current.wait
         event_type = wait.event_type if wait is not None else (step.event_type or "e1")
@@ -212,9 +377,17 @@ def command_for(move: Move, state: State, definition: Definition, context: dict[
         data = orjson.loads(member.split("\n")[3])
         return FireTimer(kind=data["kind"], step=data["step"], attempt=data["attempt"]), max(now, due)
     if kind == "timer":
-        timer_kind = "retry" if variant < 2 else "timeout"
+        timer_kind = ["retry", "retry", "timeout", "delay" if step.type == "delay" else "timeout"][variant]
         trace.armed.pop(timer_member(IID, timer_kind, step.name, attempt), None)
         return FireTimer(kind=timer_kind, step=step.name, attempt=attempt), now
+    if kind == "signal":
+        return SignalWorkflow(name="go", payload=variant % 2 == 1), now
+    if kind == "retry_from":
+        edited = {"edited": which} if variant % 2 == 0 else None
+        if variant == 3:
+            return RetryWorkflow(input={"edited": which}), now
+        target = "nope" if which == 9 else definition.steps[which % len(definition.steps)].name
+        return RetryWorkflow(from_step=target, input=edited), now
     control: dict[str, AnyCommand] = {"cancel": CancelWorkflow(reason="r"), "pause": PauseWorkflow(),
                                       "resume": ResumeWorkflow(), "retry": RetryWorkflow()}
     return control[kind], now
@@ -248,12 +421,9 @@ def simulate(definition: Definition, context: dict[str, Any], moves: list[Move])
 
 
 # ---------------------------------------------------------------------------
-# Properties
+# Properties: each a check on a trace, run on core and on language scenarios
 # ---------------------------------------------------------------------------
-@SETTINGS
-@given(scenarios())
-def test_decide_never_raises_and_agrees_with_its_fold(scenario: Any) -> None:
-    trace = simulate(*scenario)
+def check_decide_agrees_with_fold(trace: Trace) -> None:
     for d in trace.decisions:
         assert decide(d.before, d.envelope, trace.definition, d.now) == d.events
         assert d.after == fold(d.before, d.events, d.now)
@@ -261,13 +431,35 @@ def test_decide_never_raises_and_agrees_with_its_fold(scenario: Any) -> None:
 
 @SETTINGS
 @given(scenarios())
-def test_folding_one_event_at_a_time_equals_one_batch_fold(scenario: Any) -> None:
-    trace = simulate(*scenario)
+def test_decide_never_raises_and_agrees_with_its_fold(scenario: Any) -> None:
+    check_decide_agrees_with_fold(simulate(*scenario))
+
+
+@SETTINGS
+@given(language_scenarios())
+@example(UNRENDERABLE_ITEM)
+def test_language_decide_never_raises_and_agrees_with_its_fold(scenario: Any) -> None:
+    check_decide_agrees_with_fold(simulate(*scenario))
+
+
+def check_stepwise_fold(trace: Trace) -> None:
     stepwise = INITIAL
     for event, ts in trace.stored():
         stepwise = evolve(stepwise, event, ts)
     assert stepwise == fold_stored(INITIAL, trace.stored()) == trace.final
     assert fold(INITIAL, [e for e, _ in trace.stored()]).status == trace.final.status
+
+
+@SETTINGS
+@given(scenarios())
+def test_folding_one_event_at_a_time_equals_one_batch_fold(scenario: Any) -> None:
+    check_stepwise_fold(simulate(*scenario))
+
+
+@SETTINGS
+@given(language_scenarios())
+def test_language_folding_one_event_at_a_time_equals_one_batch_fold(scenario: Any) -> None:
+    check_stepwise_fold(simulate(*scenario))
 
 
 ALLOWED = {
@@ -282,19 +474,26 @@ ALLOWED = {
     (STATUS_PAUSED, STATUS_CANCELLED),
     (STATUS_FAILED, STATUS_CANCELLED),
     (STATUS_RUNNING, STATUS_COMPLETED),
+    # saga compensation: a running instance whose step failed for good undoes what it did
+    (STATUS_RUNNING, STATUS_COMPENSATING),
+    (STATUS_COMPENSATING, STATUS_COMPENSATED),
+    (STATUS_COMPENSATING, STATUS_FAILED),
+    (STATUS_COMPENSATING, STATUS_CANCELLED),
 }
 
 
-@SETTINGS
-@given(scenarios())
-def test_the_status_follows_the_state_machine_and_terminal_states_stay_put(scenario: Any) -> None:
-    trace = simulate(*scenario)
+# A malformed retry --from-step is refused for what it says, whatever the status.
+RETRY_REFUSALS = ("cannot retry from ", "retry --input needs --from-step")
+
+
+def check_state_machine(trace: Trace) -> None:
     for d in trace.decisions:
         if d.before.status in TERMINAL:
             assert all(isinstance(e, CommandRejected) for e in d.events), d.events
         if any(isinstance(e, CommandRejected) for e in d.events):
             assert len(d.events) == 1, d.events
-            assert d.before.status in d.events[0].reason  # type: ignore[attr-defined]
+            reason = d.events[0].reason  # type: ignore[attr-defined]
+            assert d.before.status in reason or reason.startswith(RETRY_REFUSALS), reason
         s = d.before
         for event in d.events:
             after = evolve(s, event, d.now)
@@ -305,20 +504,40 @@ def test_the_status_follows_the_state_machine_and_terminal_states_stay_put(scena
 
 @SETTINGS
 @given(scenarios())
-def test_versions_count_events(scenario: Any) -> None:
-    trace = simulate(*scenario)
+def test_the_status_follows_the_state_machine_and_terminal_states_stay_put(scenario: Any) -> None:
+    check_state_machine(simulate(*scenario))
+
+
+@SETTINGS
+@given(language_scenarios())
+@example(COMPENSATE_WHILE_PAUSED)
+@example(COMPENSATE_AFTER_FAILED)
+def test_language_the_status_follows_the_state_machine_and_terminal_states_stay_put(scenario: Any) -> None:
+    check_state_machine(simulate(*scenario))
+
+
+def check_versions(trace: Trace) -> None:
     for d in trace.decisions:
         assert d.after.version == d.before.version + len(d.events)
     assert trace.final.version == len(trace.stored())
 
 
-IDEMPOTENT_BY_STATE = (StartWorkflow, CompleteStep, FailStep, DeliverEvent, FireTimer)
+@SETTINGS
+@given(scenarios())
+def test_versions_count_events(scenario: Any) -> None:
+    check_versions(simulate(*scenario))
 
 
 @SETTINGS
-@given(scenarios())
-def test_applying_an_envelope_twice_adds_nothing_the_second_time(scenario: Any) -> None:
-    trace = simulate(*scenario)
+@given(language_scenarios())
+def test_language_versions_count_events(scenario: Any) -> None:
+    check_versions(simulate(*scenario))
+
+
+IDEMPOTENT_BY_STATE = (StartWorkflow, CompleteStep, FailStep, DeliverEvent, FireTimer)
+
+
+def check_idempotent(trace: Trace) -> None:
     for d in trace.decisions:
         again = decide(d.after, d.envelope, trace.definition, d.now)
         if d.envelope.cmd_id is not None and d.events:
@@ -329,45 +548,95 @@ def test_applying_an_envelope_twice_adds_nothing_the_second_time(scenario: Any) 
 
 @SETTINGS
 @given(scenarios())
-def test_dispatches_and_results_respect_attempts_and_dependencies(scenario: Any) -> None:
-    trace = simulate(*scenario)
+def test_applying_an_envelope_twice_adds_nothing_the_second_time(scenario: Any) -> None:
+    check_idempotent(simulate(*scenario))
+
+
+@SETTINGS
+@given(language_scenarios())
+def test_language_applying_an_envelope_twice_adds_nothing_the_second_time(scenario: Any) -> None:
+    check_idempotent(simulate(*scenario))
+
+
+DISPATCHES = (StepScheduled, StepWaiting, StepDelayed, ChildStarted)
+Dispatch = StepScheduled | StepWaiting | StepDelayed | ChildStarted
+IN_FLIGHT = (STEP_SCHEDULED, STEP_WAITING, STEP_DELAYED, STEP_CHILD)
+
+
+def next_part(definition: Definition, st_: StepState, event: Dispatch) -> bool:
+    """A loop's next item (a new attempt) or a validation step's next rule (the same attempt)."""
+    step = definition.step(event.step)
+    iteration = event.iteration if isinstance(event, StepScheduled) else None
+    if st_.status != STEP_SCHEDULED or iteration is None:
+        return False
+    if step.type == "loop":
+        return iteration == st_.iteration + 1 and event.attempt == st_.attempt + 1
+    return step.type == "validation" and iteration > 0 and event.attempt == st_.attempt
+
+
+def check_dispatches(trace: Trace) -> None:
+    definition = trace.definition
+    undo = definition.compensation_steps()
     completed: set[tuple[str, int]] = set()
     for d in trace.decisions:
         s = d.before
         for event in d.events:
-            if isinstance(event, (StepScheduled, StepWaiting)):
-                st = s.step(event.step)
-                assert s.status == STATUS_RUNNING, event
-                assert st.status in (STEP_PENDING, STEP_RETRYING, STEP_FAILED), (st, event)
-                assert event.attempt == st.attempt + 1, (st, event)
-                deps = trace.definition.step(event.step).depends_on
+            if isinstance(event, DISPATCHES):
+                st_ = s.step(event.step)
+                # Main steps start only while running; compensation steps only while compensating.
+                assert s.status == (STATUS_COMPENSATING if event.step in undo else STATUS_RUNNING), (s.status, event)
+                fresh = st_.status in (STEP_PENDING, STEP_RETRYING, STEP_FAILED) and event.attempt == st_.attempt + 1
+                assert fresh or next_part(definition, st_, event), (st_, event)
+                deps = definition.step(event.step).depends_on
                 assert all(step_done(s.step(dep)) for dep in deps), event
             if isinstance(event, StepScheduled):
-                assert event.task_id == f"{IID}:{event.step}:{event.attempt}"
+                base = f"{IID}:{event.step}:{event.attempt}"
+                assert event.task_id == (base if event.iteration is None else f"{base}:{event.iteration}")
             if isinstance(event, StepCompleted):
-                st = s.step(event.step)
-                assert st.status in (STEP_SCHEDULED, STEP_WAITING) and st.attempt == event.attempt, (st, event)
+                st_ = s.step(event.step)
+                live = st_.status in IN_FLIGHT and st_.attempt == event.attempt
+                # A conditional, or a loop over no items, completes as it is dispatched.
+                instant = definition.step(event.step).type in ("conditional", "loop") and st_.status in (
+                    STEP_PENDING, STEP_RETRYING, STEP_FAILED) and event.attempt == st_.attempt + 1
+                assert live or instant, (st_, event)
                 assert (event.step, event.attempt) not in completed, event
                 completed.add((event.step, event.attempt))
             if isinstance(event, StepFailed):
-                st = s.step(event.step)
-                live = st.status in (STEP_SCHEDULED, STEP_WAITING) and st.attempt == event.attempt
-                unrenderable = event.error.kind == "template" and event.attempt == st.attempt + 1
-                assert live or unrenderable, (st, event)
+                st_ = s.step(event.step)
+                live = st_.status in IN_FLIGHT and st_.attempt == event.attempt
+                unrenderable = event.error.kind == "template" and event.attempt == st_.attempt + 1
+                assert live or unrenderable, (st_, event)
                 assert event.retry_at is None or event.retry_at >= d.now
-            if isinstance(event, (WorkflowFailed, WorkflowCompleted)):
+            if isinstance(event, WorkflowCompleted):
                 assert s.status == STATUS_RUNNING, event
+            if isinstance(event, WorkflowFailed):
+                assert s.status in (STATUS_RUNNING, STATUS_COMPENSATING), event
+            if isinstance(event, WorkflowCompensated):
+                assert s.status == STATUS_COMPENSATING, event
             s = evolve(s, event, d.now)
+
+
+@SETTINGS
+@given(scenarios())
+def test_dispatches_and_results_respect_attempts_and_dependencies(scenario: Any) -> None:
+    check_dispatches(simulate(*scenario))
+
+
+@SETTINGS
+@given(language_scenarios())
+@example(PAUSED_LOOP)
+@example(FAILED_LOOP)
+@example(RETRY_WHILE_COMPENSATING)
+@example(REWOUND_CONDITIONAL)
+def test_language_dispatches_and_results_respect_attempts_and_dependencies(scenario: Any) -> None:
+    check_dispatches(simulate(*scenario))
 
 
 def all_done(state: State, definition: Definition) -> bool:
     return all(step_done(state.step(s.name)) for s in definition.steps)
 
 
-@SETTINGS
-@given(scenarios())
-def test_a_workflow_whose_steps_are_all_done_completes_exactly_once(scenario: Any) -> None:
-    trace = simulate(*scenario)
+def check_completes_once(trace: Trace) -> None:
     completions = 0
     for d in trace.decisions:
         completions += sum(isinstance(e, WorkflowCompleted) for e in d.events)
@@ -381,8 +650,17 @@ def test_a_workflow_whose_steps_are_all_done_completes_exactly_once(scenario: An
 
 @SETTINGS
 @given(scenarios())
-def test_a_finished_instance_leaves_no_wait_or_timeout_armed(scenario: Any) -> None:
-    trace = simulate(*scenario)
+def test_a_workflow_whose_steps_are_all_done_completes_exactly_once(scenario: Any) -> None:
+    check_completes_once(simulate(*scenario))
+
+
+@SETTINGS
+@given(language_scenarios())
+def test_language_a_workflow_whose_steps_are_all_done_completes_exactly_once(scenario: Any) -> None:
+    check_completes_once(simulate(*scenario))
+
+
+def check_nothing_left_armed(trace: Trace) -> None:
     final = trace.final
     if final.status not in TERMINAL:
         return
@@ -391,3 +669,87 @@ def test_a_finished_instance_leaves_no_wait_or_timeout_armed(scenario: Any) -> N
     for member, due in trace.armed.items():
         # A retry timer may outlive a dispatch that resume or retry made early; it is due, and stale.
         assert member.startswith("timer:retry:") and due <= now, (member, due, now)
+
+
+@SETTINGS
+@given(scenarios())
+def test_a_finished_instance_leaves_no_wait_or_timeout_armed(scenario: Any) -> None:
+    check_nothing_left_armed(simulate(*scenario))
+
+
+@SETTINGS
+@given(language_scenarios())
+@example(COMPENSATED_WITH_WAIT)
+def test_language_a_finished_instance_leaves_no_wait_or_timeout_armed(scenario: Any) -> None:
+    check_nothing_left_armed(simulate(*scenario))
+
+
+# ---------------------------------------------------------------------------
+# Properties of the language constructs
+# ---------------------------------------------------------------------------
+@SETTINGS
+@given(language_scenarios())
+def test_no_step_is_both_skipped_and_completed(scenario: Any) -> None:
+    trace = simulate(*scenario)
+    outcome: dict[str, str] = {}  # step -> "skipped" | "completed", since it last (re)started
+    for event, _ in trace.stored():
+        if isinstance(event, WorkflowRetried):
+            for name in event.steps:
+                outcome.pop(name, None)
+        elif isinstance(event, (StepSkipped, StepCompleted)):
+            what = "skipped" if isinstance(event, StepSkipped) else "completed"
+            assert outcome.get(event.step) is None, (event.step, outcome.get(event.step), what)
+            outcome[event.step] = what
+
+
+@SETTINGS
+@given(language_scenarios())
+def test_compensation_runs_each_step_at_most_once_one_at_a_time_in_order(scenario: Any) -> None:
+    trace = simulate(*scenario)
+    undo = trace.definition.compensation_steps()
+    order: list[str] = []
+    started: dict[str, int] = {}  # compensation step -> how often it started from pending, this compensation
+    finished: dict[str, int] = {}
+    for d in trace.decisions:
+        s = d.before
+        for event in d.events:
+            if isinstance(event, CompensationStarted):
+                order, started, finished = list(event.steps), {}, {}
+                assert set(order) <= undo and len(set(order)) == len(order), event
+            elif isinstance(event, StepScheduled) and event.step in undo and s.step(event.step).status == STEP_PENDING:
+                started[event.step] = started.get(event.step, 0) + 1
+                position = order.index(event.step)
+                assert all(step_done(s.step(before)) for before in order[:position]), (event, order)
+            elif isinstance(event, (StepCompleted, StepSkipped)) and event.step in undo:
+                finished[event.step] = finished.get(event.step, 0) + 1
+            elif isinstance(event, WorkflowCompensated):
+                assert all(step_done(s.step(name)) for name in order), (order, s.steps)
+                assert all(finished.get(name) == 1 for name in order), (order, finished)
+            s = evolve(s, event, d.now)
+        assert all(n <= 1 for n in started.values()), started
+        assert all(n <= 1 for n in finished.values()), finished
+    if trace.final.status == STATUS_COMPENSATED:
+        assert all(trace.final.step(name).status in (STEP_COMPLETED, STEP_SKIPPED) for name in order)
+
+
+@SETTINGS
+@given(language_scenarios())
+def test_every_loop_completes_with_exactly_one_result_per_item_in_order(scenario: Any) -> None:
+    trace = simulate(*scenario)
+    loops = {s.name for s in trace.definition.steps if s.type == "loop"}
+    collected: dict[str, dict[int, Any]] = {}
+    for d in trace.decisions:
+        s = d.before
+        for event in d.events:
+            if isinstance(event, StepScheduled) and event.items is not None:
+                collected[event.step] = {}
+            elif isinstance(event, StepIterationCompleted) and event.step in loops:
+                assert event.iteration not in collected[event.step], event  # each item once
+                assert event.iteration == len(collected[event.step]), event  # and in order
+                collected[event.step][event.iteration] = event.output
+            elif isinstance(event, StepCompleted) and event.step in loops:
+                items = s.step(event.step).items if s.step(event.step).status == STEP_SCHEDULED else []
+                got = collected.pop(event.step, {})
+                assert items is not None and len(got) == len(items), (event, items, got)
+                assert event.output == {"items": [got[i] for i in range(len(items))]}, (event, got)
+            s = evolve(s, event, d.now)
