@@ -60,9 +60,10 @@ class Probe:
     def _group_streams(self) -> list[tuple[str, str]]:
         if self.role == "engine":
             return [(s, ENGINE_GROUP) for s in self.keys.all_inboxes()] + [(self.keys.events, ROUTER_GROUP)]
-        reader = getattr(self.runner, "reader", None)
-        group = getattr(reader, "group", ACTIVITY_GROUP)
-        return [(s, group) for s in getattr(reader, "streams", [])]
+        readers = list(getattr(self.runner, "readers", {}).values())  # a projector: one group per projection
+        events_reader = getattr(self.runner, "events_reader", None)
+        readers += [r for r in (getattr(self.runner, "reader", None), events_reader) if r is not None]
+        return [(s, getattr(r, "group", ACTIVITY_GROUP)) for r in readers for s in getattr(r, "streams", [])]
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, str] = {}

@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import orjson
 import redis.asyncio as aioredis
 
+from engine.connection import connect
 from engine.config import Settings, from_env
 from engine.keys import Keys
 
@@ -23,7 +24,7 @@ from .queries import Queries, parse_time
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: getattr(args, k, None) for k in ("partitions", "prefix", "batch_size", "consumer")}
+    overrides = {k: getattr(args, k, None) for k in Settings.__struct_fields__}  # every setting has a flag
     return from_env(**overrides)
 
 
@@ -137,30 +138,21 @@ async def cmd_correlation_show(args: argparse.Namespace) -> int:
 async def cmd_projector(args: argparse.Namespace) -> int:
     from .runner import Projector
 
+    from engine.ops_cli import serve
+
     settings = _settings(args)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     projector = Projector(client, settings, args.only, trim_every_ms=int(args.trim_every * 1000))
-    loop = asyncio.get_running_loop()
-    signals = {"n": 0}
-
-    def on_signal() -> None:
-        signals["n"] += 1
-        if signals["n"] > 1:
-            os._exit(130)  # a second signal: leave now; unacknowledged entries are redelivered
-        projector.stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     try:
-        await projector.run()
+        # Metrics, health, heartbeat and the graceful two-signal shutdown, as every role has.
+        return await serve(projector, client, settings)
     finally:
         await client.aclose()
-    return 0
 
 
 async def _with_redis(args: argparse.Namespace, fn: Callable[[aioredis.Redis, Settings], Awaitable[str]]) -> int:
     settings = _settings(args)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         print(await fn(client, settings))
     finally:

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from engine.connection import connect
 from engine.config import Settings
 from engine.errors import InvalidInput, NotFound, UnknownInstance
 from engine.keys import INSTANCE_ID_RE, Keys
@@ -77,7 +78,7 @@ class Queries:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> "Queries":
-        return cls(aioredis.Redis.from_url(url), settings)
+        return cls(connect(url), settings)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -52,12 +52,13 @@ def promtool_check(text: str) -> None:
 @pytest.fixture
 def deployment(settings: Settings, agent_example: bytes, tmp_path: Path) -> Any:
     """An engine worker and an activity worker as processes, each with its metrics port."""
-    ports = {"engine": free_port(), "activities": free_port()}
+    ports = {"engine": free_port(), "activities": free_port(), "projector": free_port()}
     env = env_for(settings, FOLDFLOW_METRICS_HOST="127.0.0.1", FOLDFLOW_LOG_FORMAT="json")
     procs = {
         "engine": spawn(["--metrics-port", str(ports["engine"]), "worker"], env, tmp_path / "engine.log"),
         "activities": spawn(["--metrics-port", str(ports["activities"]), "activities", "--module",
                              "engine.demo_handlers"], env, tmp_path / "activities.log"),
+        "projector": spawn(["--metrics-port", str(ports["projector"]), "projector"], env, tmp_path / "projector.log"),
     }
     try:
         for port in ports.values():
@@ -98,7 +99,11 @@ def test_each_role_scrape_moves_and_passes_promtool(deployment: Any, settings: S
     status, body = get(f"http://127.0.0.1:{ports['engine']}/metrics")
     engine = body.decode()
     activities = get(f"http://127.0.0.1:{ports['activities']}/metrics")[1].decode()
+    projector = get(f"http://127.0.0.1:{ports['projector']}/metrics")[1].decode()
     assert status == 200
+    assert sample(projector, "foldflow_worker_info", role="projector") == 1
+    ready = get(f"http://127.0.0.1:{ports['projector']}/health/readiness")
+    assert ready[0] == 200 and b'"groups":"ok"' in ready[1]
     wf = "Agent Task Execution"
     assert sample(before["engine"], "workflow_execution_count_total") == 0
     assert sample(engine, "workflow_execution_count_total", workflow=wf, status="completed") == 3
@@ -118,7 +123,7 @@ def test_each_role_scrape_moves_and_passes_promtool(deployment: Any, settings: S
     assert sample(activities, "foldflow_activity_handler_duration_seconds_count") >= 9
     assert 'group="activities"' in activities
     # Bounded labels: no instance id and no correlation id ever appears in a scrape.
-    for text in (engine, activities):
+    for text in (engine, activities, projector):
         values = set(re.findall(r'="([^"]*)"', re.sub(r"(?m)^#.*$", "", text)))
         assert not values & ({f"ops-{i}" for i in range(3)} | set(ids)), values
         assert {label for label in re.findall(r'[{,](\w+)="', text)} <= {
