@@ -32,6 +32,7 @@ from .consumer import Entry, GroupReader
 from .errors import PoisonMessage, StoreUnavailable
 from .keys import ACTIVITY_GROUP, Keys
 from .model import Task
+from .preflight import preflight
 from .store import Store
 
 log = logging.getLogger("foldflow.activities")
@@ -118,6 +119,7 @@ class ActivityWorker:
         self.stale = 0
 
     async def prepare(self) -> None:
+        await preflight(self.redis)  # refuses a Redis that may evict streams
         await self.store.check_meta()
         await self.store.load_scripts()
         for stream in self.reader.streams:

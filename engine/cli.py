@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_ops_commands(sub, p)
     from projections.cli import add_commands
     add_commands(sub)
+    from .dlq_cli import add_commands as add_dlq_commands
+    add_dlq_commands(sub)
     return p
 
 

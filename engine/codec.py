@@ -44,6 +44,8 @@ def decode_command_entry(entry_id: str, fields: Mapping[bytes, bytes], max_bytes
         raise PoisonMessage(f"invalid {type_!r} data: {exc}") from None
     except msgspec.DecodeError as exc:
         raise PoisonMessage(f"data of {type_!r} is not valid JSON: {exc}") from None
+    except RecursionError:  # found by tests/test_fuzz.py: it escaped and failed the whole batch
+        raise PoisonMessage(f"data of {type_!r} is nested too deeply") from None
     cmd_id = fields.get(b"cmd_id")
     return Envelope(
         instance_id=instance_id,
@@ -69,6 +71,8 @@ def decode_task_entry(entry_id: str, queue_key: str, fields: Mapping[bytes, byte
         data = decode_task_data(_field(fields, b"data"))
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise PoisonMessage(f"invalid task data: {exc}") from None
+    except RecursionError:
+        raise PoisonMessage("task data is nested too deeply") from None
     return Task(
         task_id=_text(fields, b"task_id"),
         instance_id=_text(fields, b"id"),

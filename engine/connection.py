@@ -8,10 +8,12 @@ code runs on both; only reads over many partitions differ (see consumer.py).
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -27,3 +29,33 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
 
 def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
+
+
+async def evalsha_many(redis: Any, sha: str, source: bytes | str,
+                       calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """Run one script for many (keys, args), one round trip where the client allows.
+
+    A single server gets a pipeline; redis-py refuses EVALSHA in a cluster
+    pipeline, so on Redis Cluster the calls go out concurrently instead. A
+    NOSCRIPT answer (restart, failover, SCRIPT FLUSH) loads the script (on
+    every primary, for a cluster) and runs that call again. Replies come back in
+    order; a call that failed is returned as its exception.
+    """
+    if is_cluster(redis):
+        results: list[Any] = list(await asyncio.gather(
+            *(redis.evalsha(sha, len(keys), *keys, *args) for keys, args in calls), return_exceptions=True))
+    else:
+        pipe = redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        results = await pipe.execute(raise_on_error=False)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        await redis.script_load(source)
+        for i in missing:
+            keys, args = calls[i]
+            try:
+                results[i] = await redis.evalsha(sha, len(keys), *keys, *args)
+            except Exception as exc:  # noqa: BLE001 - returned like the others
+                results[i] = exc
+    return results

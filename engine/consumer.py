@@ -1,10 +1,12 @@
 """Consumer-group plumbing shared by the engine, router and activity workers:
 blocking batched reads over many streams, and reclaiming what dead consumers
-left pending (XAUTOCLAIM with its cursor carried between calls)."""
+left pending (XAUTOCLAIM with its cursor carried between calls), and
+recreating a consumer group that vanished (NOGROUP) instead of failing forever."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Sequence
 
 import redis.asyncio as aioredis
@@ -16,6 +18,7 @@ from .store import TRANSIENT
 
 # One entry as read: (stream key, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
+log = logging.getLogger("foldflow.consumer")
 _POLL_MIN_S = 0.002
 _POLL_MAX_S = 0.05
 
@@ -39,6 +42,8 @@ class GroupReader:
         # (CROSSSLOT), so each stream is read on its own, pipelined per node.
         self.cluster = is_cluster(redis)
         self._idle_s = _POLL_MIN_S
+        # ops: groups found missing (NOGROUP) and recreated; an alarm, never expected.
+        self.nogroup_recoveries = 0
 
     def set_streams(self, streams: Sequence[str]) -> None:
         self.streams = list(streams)
@@ -57,6 +62,11 @@ class GroupReader:
                 reply = await self.redis.xautoclaim(stream, self.group, self.consumer, 0, cursor, count=count)
             except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable claiming {stream}: {exc}") from exc
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.recover([stream], "XAUTOCLAIM")
+                return out  # a recreated group has nothing pending
             claimed = [(stream, _s(eid), fields) for eid, fields in reply[1] if fields is not None]
             if claimed:
                 counts = await self.delivery_counts(stream, [e[1] for e in claimed])
@@ -77,9 +87,10 @@ class GroupReader:
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
         except ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                raise StoreUnavailable(f"consumer group {self.group} is missing: {exc}") from exc
-            raise
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.recover(self.streams, "XREADGROUP")
+            return []
         return _entries(reply)
 
     async def _poll(self, count: int, block_ms: int) -> list[Entry]:
@@ -90,14 +101,18 @@ class GroupReader:
             for stream in self.streams:
                 pipe.xreadgroup(self.group, self.consumer, {stream: ">"}, count=count)
             try:
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
             except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    raise StoreUnavailable(f"consumer group {self.group} is missing: {exc}") from exc
-                raise
-            entries = [e for reply in replies for e in _entries(reply)]
+            missing = [s for s, r in zip(self.streams, replies) if isinstance(r, ResponseError) and "NOGROUP" in str(r)]
+            for r in replies:
+                if isinstance(r, TRANSIENT):
+                    raise StoreUnavailable(f"redis unavailable reading {self.group}: {r}") from r
+                if isinstance(r, Exception) and not (isinstance(r, ResponseError) and "NOGROUP" in str(r)):
+                    raise r
+            if missing:
+                await self.recover(missing, "XREADGROUP")
+            entries = [e for reply in replies if not isinstance(reply, Exception) for e in _entries(reply)]
             remaining = deadline - loop.time()
             if entries or remaining <= 0:
                 self._idle_s = _POLL_MIN_S
@@ -115,9 +130,10 @@ class GroupReader:
                     stream, self.group, self.consumer, min_idle_ms, self._cursors[stream], count=count
                 )
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    continue
-                raise
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.recover([stream], "XAUTOCLAIM")
+                continue
             except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable reclaiming {stream}: {exc}") from exc
             self._cursors[stream] = _s(reply[0])
@@ -127,6 +143,38 @@ class GroupReader:
             counts = await self.delivery_counts(stream, [e[1] for e in claimed])
             out += [(e, counts.get(e[1], 1)) for e in claimed]
         return out
+
+    async def recover(self, streams: Sequence[str], during: str) -> int:
+        """NOGROUP: this group, or its whole stream, is gone (FLUSHDB, DEL, XGROUP
+        DESTROY, eviction). Raise the alarm and recreate the group at ``0``, never
+        ``$``: what is still in the stream is delivered again, which the workers
+        absorb (repeats are ignored), whereas ``$`` would silently skip it.
+
+        Returns how many groups this call recreated (0: another worker was
+        first). StoreUnavailable when Redis refuses to recreate one, so the
+        caller's loop backs off instead of spinning on NOGROUP.
+        """
+        created = 0
+        for stream in streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except TRANSIENT as exc:
+                raise StoreUnavailable(f"redis unavailable recreating group {self.group} on {stream}: {exc}") from exc
+            except ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    continue  # another worker recreated it first
+                raise StoreUnavailable(
+                    f"consumer group {self.group} on {stream} is missing and could not be recreated: {exc}"
+                ) from exc
+            created += 1
+            self._cursors[stream] = "0-0"
+            log.error(
+                "ALARM: consumer group %s on %s was missing (NOGROUP on %s: the stream was flushed or deleted, or "
+                "the group destroyed); recreated at 0, so entries still in the stream are delivered again",
+                self.group, stream, during, extra={"group": self.group, "stream": stream},
+            )
+        self.nogroup_recoveries += created
+        return created
 
     async def delivery_counts(self, stream: str, ids: list[str]) -> dict[str, int]:
         """Each entry's delivery count, asked one entry at a time (pipelined): a

@@ -54,6 +54,9 @@ from .model import (
 )
 
 _DONE = frozenset({STEP_COMPLETED, STEP_SKIPPED})
+# Payload values that are exactly one template over the start input read a missing
+# (optional) input field as null; see expressions.render.
+_INPUTS = frozenset({"input", "context"})
 _REMEMBERED = (StartWorkflow, CancelWorkflow, PauseWorkflow, ResumeWorkflow, RetryWorkflow, SignalWorkflow)
 
 
@@ -357,7 +360,7 @@ def _service_call(d: Decision, step: Step, attempt: int) -> None:
     scope = d.scope()
     endpoint = render_endpoint(step.endpoint, scope) if step.endpoint else None
     override = d.state.overrides.get(step.name)
-    payload = override if override is not None else render(step.input, scope) if step.input is not None else {}
+    payload = override if override is not None else render(step.input, scope, _INPUTS) if step.input is not None else {}
     d.emit(StepScheduled(step=step.name, attempt=attempt, task_id=task_id_for(d.state.id, step.name, attempt),
                          queue=step.service, endpoint=endpoint, input=payload, timeout_at=_timeout(d, step),
                          method=step.method))
@@ -403,7 +406,7 @@ def _loop_item(d: Decision, step: Step, attempt: int, index: int, items: list[An
     assert step.service is not None
     scope = d.scope(item=items[index], index=index)
     endpoint = render_endpoint(step.endpoint, scope) if step.endpoint else None
-    payload = render(step.input, scope) if step.input is not None else {"item": items[index], "index": index}
+    payload = render(step.input, scope, _INPUTS) if step.input is not None else {"item": items[index], "index": index}
     d.emit(StepScheduled(step=step.name, attempt=attempt, task_id=task_id_for(d.state.id, step.name, attempt, index),
                          queue=step.service, endpoint=endpoint, input=payload, timeout_at=_timeout(d, step),
                          iteration=index, items=items if first else None, method=step.method))
@@ -432,7 +435,7 @@ def _sub_workflow(d: Decision, step: Step, attempt: int) -> None:
     assert step.workflow is not None
     override = d.state.overrides.get(step.name)
     payload = override if override is not None else (
-        render(step.input, d.scope()) if step.input is not None else dict(d.state.context))
+        render(step.input, d.scope(), _INPUTS) if step.input is not None else dict(d.state.context))
     if not isinstance(payload, dict):
         raise TemplateFailure(f"a sub-workflow's input must be an object, got {type(payload).__name__}")
     d.emit(ChildStarted(step=step.name, attempt=attempt, child_id=child_id_for(d.state.id, step.name, attempt),

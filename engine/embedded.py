@@ -127,12 +127,29 @@ def open_backend(url: str | None = None, prefer: str | None = None) -> Backend:
 ClientFactory = Callable[[], aioredis.Redis]
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and below 65536 too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisClusterServer:
     """A throwaway Redis Cluster on loopback: ``masters`` primaries with ``replicas`` each."""
 
     def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
-        self.nodes = [RedisServer(None, "--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
-                                  "--cluster-config-file", "nodes.conf")
+        # No diskless-sync delay: a replica must hold a copy before a test kills its master.
+        self.nodes = [RedisServer(_cluster_port(), "--cluster-enabled", "yes", "--cluster-node-timeout",
+                                  str(node_timeout_ms), "--cluster-config-file", "nodes.conf",
+                                  "--repl-diskless-sync-delay", "0")
                       for _ in range(masters * (1 + replicas))]
         self.masters = masters
         self.replicas = replicas
@@ -160,11 +177,22 @@ class RedisClusterServer:
                     states.append(str(info.get("cluster_state") if isinstance(info, dict) else info))
                 finally:
                     client.close()
-            if all(s == "ok" or "cluster_state:ok" in s for s in states):
+            if all(s == "ok" or "cluster_state:ok" in s for s in states) and self._replicas_synced():
                 return self
             if time.monotonic() > deadline:
                 raise TimeoutError("the cluster did not reach cluster_state:ok")
             time.sleep(0.1)
+
+    def _replicas_synced(self) -> bool:
+        for node in self.nodes:
+            client = redis.Redis(port=node.port)
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
 
     def stop(self) -> None:
         for node in self.nodes:

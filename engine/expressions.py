@@ -90,20 +90,33 @@ def _collect(value: Any, problems: list[str], depth: int) -> None:
             _collect(item, problems, depth + 1)
 
 
-def render(value: Any, scope: Mapping[str, Any]) -> Any:
-    """Deep-render: mapping values, list items and strings; keys and other scalars as they are."""
-    return _render(value, scope, 0)
+def render(value: Any, scope: Mapping[str, Any], optional: frozenset[str] = frozenset()) -> Any:
+    """Deep-render: mapping values, list items and strings; keys and other scalars as they are.
+
+    ``optional`` names roots (e.g. ``input``) whose missing paths render as null
+    when a value is exactly one template: an optional input field the caller
+    left out becomes null in a payload rather than failing the step. Missing
+    paths inside text, and under any other root, are still errors.
+    """
+    return _render(value, scope, 0, optional)
 
 
-def _render(value: Any, scope: Mapping[str, Any], depth: int) -> Any:
+def _render(value: Any, scope: Mapping[str, Any], depth: int, optional: frozenset[str]) -> Any:
     if isinstance(value, str):
-        return _render_str(value, scope, False) if "{" in value else value
+        if "{" not in value:
+            return value
+        try:
+            return _render_str(value, scope, False)
+        except MissingValue as exc:
+            if optional and exc.path.split(".", 1)[0] in optional and isinstance(_compiled(value, False), _Whole):
+                return None
+            raise
     if depth > MAX_VALUE_DEPTH:
         raise TemplateError(f"value nested deeper than {MAX_VALUE_DEPTH} levels")
     if isinstance(value, Mapping):
-        return {key: _render(item, scope, depth + 1) for key, item in value.items()}
+        return {key: _render(item, scope, depth + 1, optional) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_render(item, scope, depth + 1) for item in value]
+        return [_render(item, scope, depth + 1, optional) for item in value]
     return value
 
 

@@ -12,9 +12,10 @@ from typing import Any, Iterable, Sequence
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ClusterDownError, MasterDownError, NoScriptError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import evalsha_many
 from .effects import Effects
 from .errors import ConfigError, DefinitionConflict, PoisonMessage, StoreUnavailable
 from .evolve import fold_stored
@@ -22,7 +23,9 @@ from .keys import Keys
 from .model import INITIAL, Event, State, decode_event, encode
 
 SCRIPTS = Path(__file__).parent / "scripts"
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+# What "Redis is not answering right now" looks like, including a cluster in
+# the middle of a failover; callers back off and try again.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError, MasterDownError)
 
 
 class Script:
@@ -116,19 +119,12 @@ class Store:
             return []
         script = self.scripts[name]
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:
-                await self.redis.script_load(script.source)
-                for i in missing:
-                    keys, args = calls[i]
-                    results[i] = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+            results = await evalsha_many(self.redis, script.sha, script.source, calls)
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
         for r in results:
+            if isinstance(r, TRANSIENT):
+                raise StoreUnavailable(f"redis unavailable running {name}.lua: {r}") from r
             if isinstance(r, Exception):
                 raise r
         return results

@@ -33,6 +33,7 @@ from .relay import OutboxRelay
 from .schema import violations
 from .router import EventRouter, decode_event_fields, event_command
 from .leases import PartitionLeases
+from .preflight import preflight
 from .store import CONFLICT, FENCED, OK, AppendRequest, Store
 from .timers import TimerPoller
 
@@ -118,6 +119,7 @@ class EngineWorker:
 
     # -- lifecycle -----------------------------------------------------------
     async def prepare(self) -> None:
+        await preflight(self.redis)  # refuses a Redis that may evict streams
         await self.store.check_meta()
         await self.store.load_scripts()
         for inbox in self.keys.all_inboxes():

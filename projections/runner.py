@@ -28,6 +28,7 @@ from engine.config import Settings
 from engine.consumer import Entry, GroupReader
 from engine.errors import PoisonMessage, StoreUnavailable
 from engine.keys import Keys
+from engine.preflight import preflight
 from engine.store import Store
 
 from .base import Applied, Call, Doc, Ops, Projection, dumps
@@ -84,6 +85,7 @@ class Projector:
 
     # -- lifecycle -------------------------------------------------------------
     async def prepare(self) -> None:
+        await preflight(self.redis)  # refuses a Redis that may evict streams
         await self.engine_store.check_meta()
         await self.store.load_script()
         await self.engine_store.load_scripts()

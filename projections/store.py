@@ -12,6 +12,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from engine.connection import evalsha_many
 from engine.errors import PoisonMessage, StoreUnavailable
 from engine.model import decode_event
 from engine.store import TRANSIENT
@@ -46,17 +47,7 @@ class ViewStore:
         if not built:
             return []
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args in built:
-                pipe.evalsha(SHA, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:
-                # The script cache is volatile (restart, failover, SCRIPT FLUSH).
-                await self.redis.script_load(SCRIPT)
-                for i in missing:
-                    keys, args = built[i]
-                    results[i] = await self.redis.evalsha(SHA, len(keys), *keys, *args)
+            results = await evalsha_many(self.redis, SHA, SCRIPT, built)
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable running project.lua: {exc}") from exc
         for r in results:

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import engine.demo_handlers  # noqa: F401 - registers the simulated services
 from engine.activities import ActivityWorker, Registry
 from engine.client import Client
+from engine.connection import is_cluster
 from engine.config import Settings
 from engine.keys import Keys
 from engine.worker import EngineWorker
@@ -36,11 +37,23 @@ class AgentSimulator:
     def stop(self) -> None:
         self._stop.set()
 
+    async def _read(self, cursors: dict[str, str]) -> list[Any]:
+        if not is_cluster(self.redis):
+            return list(await self.redis.xread(cursors, count=500, block=100) or [])
+        # Redis Cluster: one XREAD cannot span slots; read each feed, pipelined.
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, cursor in cursors.items():
+            pipe.xread({stream: cursor}, count=500)
+        replies = [r for reply in await pipe.execute() for r in (reply.items() if isinstance(reply, dict) else reply or [])]
+        if not replies:
+            await asyncio.sleep(0.02)
+        return replies
+
     async def run(self) -> None:
         cursors = {self.keys.feed(p): "0-0" for p in range(self.keys.partitions)}
         while not self._stop.is_set():
-            reply = await self.redis.xread(cursors, count=500, block=100)
-            for stream, entries in reply or []:
+            reply = await self._read(cursors)
+            for stream, entries in reply:
                 name = stream.decode() if isinstance(stream, bytes) else stream
                 for entry_id, fields in entries:
                     cursors[name] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id

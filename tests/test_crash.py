@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.client import Client
+from engine.connection import connect
 from engine.config import Settings
 from engine.keys import Keys
 
@@ -49,14 +50,20 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 def test_sigkill_an_engine_worker_mid_run(settings: Settings, agent_example: bytes, tmp_path: Path) -> None:
+    sigkill_scenario(settings, agent_example, tmp_path)
+
+
+def sigkill_scenario(settings: Settings, agent_example: bytes, tmp_path: Path, instances: int = INSTANCES) -> None:
+    """Two engine worker processes and one activity worker; one engine worker is SIGKILLed mid-run."""
+    INSTANCES = instances  # noqa: N806 - the module constant's name, for the scenario's size
     env = worker_env(settings)
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
     async def scenario() -> None:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = connect(settings.redis_url)
         client = Client(redis, settings)
         keys = Keys(settings.prefix, settings.partitions)
-        agents = AgentSimulator(aioredis.Redis.from_url(settings.redis_url), client, keys)
+        agents = AgentSimulator(connect(settings.redis_url), client, keys)
         definition, _ = await client.register(agent_example)
         procs["w1"] = spawn(["worker"], env, tmp_path / "w1.log")
         procs["w2"] = spawn(["worker"], env, tmp_path / "w2.log")

@@ -316,3 +316,15 @@ def test_arbitrary_values_never_crash(value: Any) -> None:
 @given(st.text(alphabet="abc-_/", min_size=1, max_size=20))
 def test_interpolated_strings_pass_through(text: str) -> None:
     assert render(text + "{{ input.username }}" + text, SCOPE) == text + "ada" + text
+
+
+def test_optional_roots_read_a_missing_whole_value_as_null() -> None:
+    scope = {"input": {"a": 1}, "steps": {}}
+    payload = {"a": "{{ input.a }}", "b": "{{ input.b }}", "c": "${input.c}"}
+    assert render(payload, scope, frozenset({"input"})) == {"a": 1, "b": None, "c": None}
+    with pytest.raises(MissingValue):  # inside text a missing value is still an error
+        render({"t": "x-{{ input.b }}"}, scope, frozenset({"input"}))
+    with pytest.raises(MissingValue):  # and under roots not named optional
+        render({"s": "{{ steps.x.output }}"}, scope, frozenset({"input"}))
+    with pytest.raises(MissingValue):  # and without the option
+        render(payload, scope)

@@ -1,0 +1,226 @@
+"""foldflow on a Redis Cluster the tests start on loopback (3 masters, each with
+a replica), through a ``redis+cluster://`` URL: the end-to-end workflows, the
+read side, the worker crash test, and a master failover."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import msgspec
+import pytest
+import redis
+
+from engine.config import Settings
+from engine.connection import connect
+from engine.embedded import RedisClusterServer
+from engine.keys import Keys
+from projections.queries import Queries
+from projections.runner import Projector
+
+from .conftest import EXAMPLES, ROOT, run
+from .helpers import Cluster, check_history
+from .test_crash import sigkill_scenario, worker_env
+from .test_language import REGISTRATION, registration_services
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServer]:
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        if os.environ.get("CI"):
+            pytest.fail("CI needs redis-server and redis-cli for the cluster suite")
+        pytest.skip("redis-server/redis-cli not on PATH")
+    server = RedisClusterServer(masters=3, replicas=1, node_timeout_ms=1000).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def csettings(cluster: RedisClusterServer) -> Settings:
+    return Settings(redis_url=cluster.url, prefix=f"fc{uuid.uuid4().hex[:8]}", partitions=8, block_ms=50,
+                    timer_poll_ms=20, claim_idle_ms=1_000, breaker_threshold=0)
+
+
+def _masters(cluster: RedisClusterServer) -> dict[int, str]:
+    """slot range start -> the master's port, from CLUSTER SLOTS on any live node."""
+    for node in cluster.nodes:
+        try:
+            client = redis.Redis(port=node.port)
+            slots = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            client.close()
+            return {int(s[0]): f"{s[1]}-{s[2][1]}" for s in slots}
+        except redis.exceptions.ConnectionError:
+            continue
+    raise AssertionError("no cluster node answers")
+
+
+def test_partitions_spread_over_the_masters(cluster: RedisClusterServer, csettings: Settings) -> None:
+    keys = Keys(csettings.prefix, csettings.partitions)
+    client = redis.Redis(port=cluster.nodes[0].port)
+    owners = set()
+    ranges = _masters(cluster)
+    for p in range(keys.partitions):
+        slot = int(client.execute_command("CLUSTER KEYSLOT", keys.inbox(p)))  # type: ignore[no-untyped-call]
+        # every key of a partition is in the same slot: that is what makes the scripts cluster-safe
+        for key in (keys.feed(p), keys.timers(p), keys.lease(p), keys.instance("x", p), keys.tasks(p, "q")):
+            assert int(client.execute_command("CLUSTER KEYSLOT", key)) == slot  # type: ignore[no-untyped-call]
+        start = max(s for s in ranges if s <= slot)
+        owners.add(ranges[start])
+    client.close()
+    assert len(owners) >= 2, owners  # the partitions do not all land on one master
+
+
+def test_agent_example_and_language_on_the_cluster(csettings: Settings) -> None:
+    async def scenario() -> None:
+        async with Cluster(lambda: connect(csettings.redis_url), csettings) as c:
+            definition, _ = await c.client.register((EXAMPLES / "agent-task-execution.json").read_bytes())
+            ids = [await c.client.start(definition.name, {"project_id": "p", "task_id": f"t{i}", "agent_id": "a",
+                                                          "flaky": i % 5 == 0}) for i in range(30)]
+            for iid in ids:
+                assert (await c.client.wait(iid, timeout=30)).status == "completed"
+                check_history(await c.client.history(iid))
+        async with Cluster(lambda: connect(csettings.redis_url), csettings, registration_services()) as c:
+            definition, _ = await c.client.register(REGISTRATION)
+            ok = await c.client.start(definition.name, {"username": "ada", "email": "ada@example.com",
+                                                        "password": "correct-horse"})
+            bad = await c.client.start(definition.name, {"username": "fail-activation",
+                                                         "email": "f@example.com", "password": "correct-horse"})
+            state = await c.client.wait(ok, timeout=30)
+            assert state.status == "completed", [e for e in await c.client.history(ok)
+                                                 if e["type"] in ("workflow.step_failed", "workflow.compensating")]
+            assert (await c.client.wait(bad, timeout=30)).status == "compensated"
+
+    run(scenario())
+
+
+def test_sub_workflows_cross_partitions_on_the_cluster(csettings: Settings) -> None:
+    from .test_language import _flow, echo_services
+
+    child = _flow("c-child", [{"name": "work", "type": "service_call", "service": "echo"}])
+    parent = _flow("c-parent", [{"name": f"kid{i}", "type": "sub_workflow", "workflow": "c-child"} for i in range(6)])
+
+    async def scenario() -> None:
+        async with Cluster(lambda: connect(csettings.redis_url), csettings, echo_services()) as c:
+            await c.client.register(child)
+            await c.client.register(parent)
+            iid = await c.client.start("c-parent", {})
+            state = await c.client.wait(iid, timeout=30)
+            assert state.status == "completed"
+            keys = Keys(csettings.prefix, csettings.partitions)
+            kids = {keys.partition(state.step(f"kid{i}").child_id or "") for i in range(6)}
+            assert len(kids) > 1  # the children live in other partitions (other slots) than each other
+
+    run(scenario())
+
+
+def test_projections_on_the_cluster(csettings: Settings) -> None:
+    async def scenario() -> None:
+        projector = Projector(connect(csettings.redis_url), csettings)
+        task = asyncio.create_task(projector.run())
+        try:
+            async with Cluster(lambda: connect(csettings.redis_url), csettings) as c:
+                definition, _ = await c.client.register((EXAMPLES / "agent-task-execution.json").read_bytes())
+                ids = [await c.client.start(definition.name, {"project_id": "p", "task_id": f"t{i}",
+                                                              "agent_id": "a"}, correlation_id=f"corr-{i % 3}")
+                       for i in range(12)]
+                for iid in ids:
+                    assert (await c.client.wait(iid, timeout=30)).status == "completed"
+                queries = Queries(connect(csettings.redis_url), csettings)
+                deadline = time.monotonic() + 20
+                while True:
+                    listing = await queries.executions(status="completed", limit=50)
+                    if len(listing["items"]) == len(ids) or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.1)
+                assert {e["id"] for e in listing["items"]} == set(ids)
+                corr = await queries.correlation("corr-1")
+                assert {e["id"] for e in corr["executions"]} == {ids[i] for i in range(12) if i % 3 == 1}
+                steps = await queries.steps(ids[0])
+                assert [s["step"] for s in steps] == ["task_preparation", "agent_assignment",
+                                                      "execution_monitoring", "result_processing"]
+        finally:
+            projector.stop()
+            await task
+
+    run(scenario())
+
+
+def test_worker_sigkill_on_the_cluster(csettings: Settings, agent_example: bytes, tmp_path: Path) -> None:
+    sigkill_scenario(csettings, agent_example, tmp_path, instances=300)
+
+
+def test_a_master_failover_is_survived(cluster: RedisClusterServer, csettings: Settings, tmp_path: Path) -> None:
+    """SIGKILL a master while workers (real processes) run: its replica takes over after the
+    node timeout and the run completes. Replication is asynchronous, so writes acknowledged in
+    the last moments before the kill may be lost: steps carry a timeout, so an attempt whose
+    task or result was lost runs again (streams.md, "Durability and delivery")."""
+    settings = msgspec.structs.replace(csettings, partitions=8)
+    flow = {"name": "failover", "version": "1", "definition": {"steps": [
+        {"name": f"s{i}", "step_type": "service_call", "service": "agent-orchestrator", "timeout": 3000,
+         "retry_policy": {"max_attempts": 5, "backoff_base": 1, "backoff_multiplier": 200},
+         **({"depends_on": [f"s{i - 1}"]} if i else {})} for i in range(4)]}}
+    env = worker_env(settings)
+    env["FOLDFLOW_TASK_CLAIM_IDLE_MS"] = "2000"
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=env, cwd=ROOT,
+                              stdout=open(tmp_path / f"{i}.log", "wb"), stderr=subprocess.STDOUT)
+             for i, args in enumerate((["worker"], ["worker"], ["activities", "--module", "engine.demo_handlers"]))]
+
+    async def scenario() -> None:
+        from engine.client import Client
+
+        client = Client(connect(settings.redis_url), settings)
+        await client.register(flow)
+        ids = [await client.start("failover", {}) for _ in range(150)]
+        await asyncio.sleep(0.5)
+        victim = next(n for n in cluster.nodes[1:] if _is_master(n.port))  # the URL's seed node stays up
+        assert victim.proc is not None
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        killed_at = time.monotonic()
+        statuses = {}
+        for iid in ids:
+            while True:  # a client sees the failover as connection errors until it re-learns the slots
+                try:
+                    state = await client.wait(iid, timeout=90)
+                    break
+                except (redis.exceptions.ConnectionError, redis.exceptions.ClusterDownError,
+                        redis.exceptions.TryAgainError, OSError):
+                    assert time.monotonic() - killed_at < 120
+                    await asyncio.sleep(0.5)
+            statuses[iid] = state.status
+        assert set(statuses.values()) == {"completed"}, statuses
+        print(f"failover: {len(ids)} instances completed {time.monotonic() - killed_at:.1f}s after the master died")
+        await client.close()
+
+    try:
+        run(scenario())
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _is_master(port: int) -> bool:
+    try:
+        client = redis.Redis(port=port)
+        role = client.execute_command("ROLE")  # type: ignore[no-untyped-call]
+        client.close()
+        return bool(role and role[0] in (b"master", "master"))
+    except redis.exceptions.ConnectionError:
+        return False
