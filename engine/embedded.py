@@ -42,14 +42,17 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> "RedisServer":
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", self.dir, "--protected-mode", "yes", *self.extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = open(os.path.join(self.dir, "redis.log"), "wb")  # redis logs to stdout; keep it for errors
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         try:
             while True:
                 if self.proc.poll() is not None:
-                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {err}")
+                    with open(os.path.join(self.dir, "redis.log"), "rb") as fh:
+                        err = fh.read()[-1500:].decode(errors="replace")
+                    raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}: {err}")
                 try:
                     if client.ping():
                         return self
@@ -162,8 +165,16 @@ class RedisClusterServer:
         cli = shutil.which("redis-cli")
         if not cli:
             raise FileNotFoundError("redis-cli is not on PATH")
-        for node in self.nodes:
-            node.start()
+        for i, node in enumerate(self.nodes):
+            for _ in range(5):  # the port was free when chosen; another process may take it first
+                try:
+                    node.start()
+                    break
+                except RuntimeError:
+                    node.stop()
+                    node = self.nodes[i] = RedisServer(_cluster_port(), *node.extra)
+            else:
+                raise RuntimeError("could not start a cluster node")
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
         subprocess.run([cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
                         "--cluster-yes"], check=True, capture_output=True, timeout=timeout)

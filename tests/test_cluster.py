@@ -161,12 +161,24 @@ def test_worker_sigkill_on_the_cluster(csettings: Settings, agent_example: bytes
     sigkill_scenario(csettings, agent_example, tmp_path, instances=300)
 
 
-def test_a_master_failover_is_survived(cluster: RedisClusterServer, csettings: Settings, tmp_path: Path) -> None:
+@pytest.fixture
+def own_cluster() -> Iterator[RedisClusterServer]:
+    """A cluster of its own: the failover test kills one of its masters."""
+    server = RedisClusterServer(masters=3, replicas=1, node_timeout_ms=1000).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_master_failover_is_survived(own_cluster: RedisClusterServer, tmp_path: Path) -> None:
     """SIGKILL a master while workers (real processes) run: its replica takes over after the
     node timeout and the run completes. Replication is asynchronous, so writes acknowledged in
     the last moments before the kill may be lost: steps carry a timeout, so an attempt whose
     task or result was lost runs again (streams.md, "Durability and delivery")."""
-    settings = msgspec.structs.replace(csettings, partitions=8)
+    cluster = own_cluster
+    settings = Settings(redis_url=cluster.url, prefix="failover", partitions=8, block_ms=50, timer_poll_ms=20,
+                        claim_idle_ms=1_000, breaker_threshold=0)
     flow = {"name": "failover", "version": "1", "definition": {"steps": [
         {"name": f"s{i}", "step_type": "service_call", "service": "agent-orchestrator", "timeout": 3000,
          "retry_policy": {"max_attempts": 5, "backoff_base": 1, "backoff_multiplier": 200},
@@ -199,6 +211,8 @@ def test_a_master_failover_is_survived(cluster: RedisClusterServer, csettings: S
                         redis.exceptions.TryAgainError, OSError):
                     assert time.monotonic() - killed_at < 120
                     await asyncio.sleep(0.5)
+                    await client.close()  # as a service would: reconnect from the seed node
+                    client = Client(connect(settings.redis_url), settings)
             statuses[iid] = state.status
         assert set(statuses.values()) == {"completed"}, statuses
         print(f"failover: {len(ids)} instances completed {time.monotonic() - killed_at:.1f}s after the master died")
