@@ -31,6 +31,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """FOLDFLOW_LEASE_MS: a partition lease's TTL; a crashed worker's partitions move after it."""
     event_retention_ms: int = 86_400_000
     """FOLDFLOW_EVENT_RETENTION_MS: how long an external event can still satisfy a wait that begins later."""
+    snapshot_every: int = 500
+    """FOLDFLOW_SNAPSHOT_EVERY: events between snapshots of an instance's state (a cold load replays fewer)."""
+    history_warn_events: int = 10_000
+    """FOLDFLOW_HISTORY_WARN_EVENTS: a history crossing this length gets a workflow.history_large event."""
+    retention_ms: int = 604_800_000
+    """FOLDFLOW_RETENTION_MS: finished instances' streams are retired this long after they finish (0: never)."""
     breaker_threshold: int = 5
     """FOLDFLOW_BREAKER_THRESHOLD: consecutive failures that open a service's circuit breaker (0: off)."""
     breaker_cooldown_ms: int = 30_000
@@ -75,6 +81,9 @@ _ENV = {
     "lease_ms": "FOLDFLOW_LEASE_MS",
     "event_retention_ms": "FOLDFLOW_EVENT_RETENTION_MS",
     "breaker_threshold": "FOLDFLOW_BREAKER_THRESHOLD",
+    "snapshot_every": "FOLDFLOW_SNAPSHOT_EVERY",
+    "history_warn_events": "FOLDFLOW_HISTORY_WARN_EVENTS",
+    "retention_ms": "FOLDFLOW_RETENTION_MS",
     "breaker_cooldown_ms": "FOLDFLOW_BREAKER_COOLDOWN_MS",
     "max_deliveries": "FOLDFLOW_MAX_DELIVERIES",
     "cache_size": "FOLDFLOW_CACHE_SIZE",
@@ -113,12 +122,12 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
             values[field] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
     for field in ("partitions", "batch_size", "max_deliveries", "cache_size", "concurrency", "max_payload_bytes",
-                  "lease_ms"):
+                  "lease_ms", "snapshot_every", "history_warn_events"):
         v = values.get(field, getattr(defaults, field))
         if not isinstance(v, int) or v < 1:
             problems.append(f"{_ENV[field]}: must be a positive integer, got {v!r}")
     for field in ("block_ms", "claim_idle_ms", "task_claim_idle_ms", "timer_poll_ms", "event_retention_ms",
-                  "breaker_threshold", "breaker_cooldown_ms"):
+                  "breaker_threshold", "breaker_cooldown_ms", "retention_ms"):
         v = values.get(field, getattr(defaults, field))
         if not isinstance(v, int) or v < 0:
             problems.append(f"{_ENV[field]}: must be a non-negative integer, got {v!r}")

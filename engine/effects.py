@@ -40,7 +40,7 @@ from .model import (
 
 
 class Effects:
-    __slots__ = ("tasks", "timers_add", "timers_rem", "sadd", "srem", "outbox")
+    __slots__ = ("tasks", "timers_add", "timers_rem", "sadd", "srem", "outbox", "finished")
 
     def __init__(self) -> None:
         # (task stream key, task_id, step, attempt, data JSON)
@@ -51,6 +51,7 @@ class Effects:
         self.srem: list[tuple[str, str]] = []
         # commands for instances in other partitions: (target inbox key, command fields)
         self.outbox: list[tuple[str, dict[str, str]]] = []
+        self.finished = False  # reached a final status: its streams may be retired later
 
     def __bool__(self) -> bool:
         return bool(self.tasks or self.timers_add or self.timers_rem or self.sadd or self.srem or self.outbox)
@@ -151,6 +152,7 @@ def _started(pl: _Planner, e: WorkflowStarted | WorkflowRetried) -> None:
 
 def _completed(pl: _Planner, e: WorkflowCompleted) -> None:
     pl.end_deadline()
+    pl.fx.finished = True
     pl.tell_parent("step.completed", {"output": e.output})
 
 
@@ -158,6 +160,7 @@ def _failed(pl: _Planner, e: WorkflowFailed | WorkflowCompensated) -> None:
     pl.end_deadline()
     if isinstance(e, WorkflowCompensated):
         _disarm_all(pl)  # final: nothing it waited for matters any more
+        pl.fx.finished = True
     what = "failed" if isinstance(e, WorkflowFailed) else "was compensated"
     message = f"child workflow {pl.iid} {what}" + (f": {e.error.message}" if e.error else "")
     pl.tell_parent("step.failed", {"error": {"message": message, "retryable": False, "kind": "child"}})
@@ -180,6 +183,7 @@ def _disarm_all(pl: _Planner) -> None:
 
 def _cancelled(pl: _Planner, e: WorkflowCancelled) -> None:
     pl.end_deadline()
+    pl.fx.finished = True
     _disarm_all(pl)
     for child in pl.children.values():  # a cancelled parent cancels the children it is waiting for
         target = pl.keys.inbox(partition_of(child, pl.keys.partitions))

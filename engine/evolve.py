@@ -21,6 +21,7 @@ from .model import (
     STEP_SKIPPED,
     ChildStarted,
     CompensationStarted,
+    HistoryLarge,
     SignalReceived,
     StepDelayed,
     StepIterationCompleted,
@@ -308,4 +309,5 @@ _HANDLERS: dict[type, Callable[[State, Any, int | None], None]] = {
     WorkflowFailed: _wf_failed,
     WorkflowCancelled: _cancelled,
     CommandRejected: _rejected,
+    HistoryLarge: _rejected,
 }

@@ -84,6 +84,12 @@ class Keys:
     def tasks(self, p: int, queue: str) -> str:
         return f"{self._tags[p]}:tasks:{queue}"
 
+    def snapshot(self, p: int, instance_id: str) -> str:
+        return f"{self._tags[p]}:snap:{instance_id}"
+
+    def finished(self, p: int) -> str:
+        return f"{self._tags[p]}:finished"
+
     def outbox(self, p: int) -> str:
         return f"{self._tags[p]}:outbox"
 

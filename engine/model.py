@@ -288,6 +288,13 @@ class WorkflowCancelled(Event, frozen=True, kw_only=True, tag="workflow.cancelle
     reason: str | None = None
 
 
+class HistoryLarge(Event, frozen=True, kw_only=True, tag="workflow.history_large"):
+    """The history crossed FOLDFLOW_HISTORY_WARN_EVENTS: a warning, nothing changes."""
+
+    events: int
+    threshold: int
+
+
 class CommandRejected(Event, frozen=True, kw_only=True, tag="workflow.command_rejected"):
     command: str
     reason: str
@@ -315,6 +322,7 @@ AnyEvent = Union[
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCancelled,
+    HistoryLarge,
     CommandRejected,
 ]
 

@@ -9,6 +9,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import msgspec
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,6 +22,8 @@ from .errors import ConfigError, DefinitionConflict, PoisonMessage, StoreUnavail
 from .evolve import fold_stored
 from .keys import Keys
 from .model import INITIAL, Event, State, decode_event, encode
+
+decode_snapshot = msgspec.json.Decoder(State).decode
 
 SCRIPTS = Path(__file__).parent / "scripts"
 # What "Redis is not answering right now" looks like, including a cluster in
@@ -40,11 +43,11 @@ class Script:
 class AppendRequest:
     """One instance's decision: events, effects and the inbox entries it answers."""
 
-    __slots__ = ("instance_id", "p", "expected", "entry_ids", "events", "effects", "ts")
+    __slots__ = ("instance_id", "p", "expected", "entry_ids", "events", "effects", "ts", "snapshot")
 
     def __init__(
         self, instance_id: str, p: int, expected: int, entry_ids: Sequence[str],
-        events: list[Event], effects: Effects, ts: int,
+        events: list[Event], effects: Effects, ts: int, snapshot: bytes | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.p = p
@@ -53,6 +56,7 @@ class AppendRequest:
         self.events = events
         self.effects = effects
         self.ts = ts
+        self.snapshot = snapshot  # the folded state after these events, when one is due
 
 
 OK, CONFLICT, NOT_OWNER, FENCED = 1, 0, -1, -2
@@ -157,7 +161,12 @@ class Store:
     async def load_many(
         self, wanted: Sequence[tuple[str, State, str | None]]
     ) -> list[tuple[State, str | None] | PoisonMessage]:
-        """Catch each (instance, state, last entry id) up with its stream, in one round trip."""
+        """Catch each (instance, state, last entry id) up with its stream.
+
+        An instance read from scratch starts from its snapshot when it has one, so
+        a long history costs one snapshot plus the events since, not a full replay.
+        """
+        wanted = await self._from_snapshots(wanted)
         pipe = self.redis.pipeline(transaction=False)
         for iid, _state, after in wanted:
             pipe.xrange(self.keys.instance(iid), min=f"({after}" if after else "-", max="+")
@@ -174,6 +183,32 @@ class Store:
                 continue
             last = s(entries[-1][0]) if entries else after
             out.append((fold_stored(state, ((e, ts) for _, e, ts in stored)), last))
+        return out
+
+    async def _from_snapshots(
+        self, wanted: Sequence[tuple[str, State, str | None]]
+    ) -> list[tuple[str, State, str | None]]:
+        fresh = [i for i, (_, _, after) in enumerate(wanted) if after is None]
+        if not fresh:
+            return list(wanted)
+        pipe = self.redis.pipeline(transaction=False)
+        for i in fresh:
+            iid = wanted[i][0]
+            pipe.hmget(self.keys.snapshot(self.keys.partition(iid), iid), ["version", "last_id", "state"])
+        try:
+            replies = await pipe.execute()
+        except TRANSIENT as exc:
+            raise StoreUnavailable(f"redis unavailable loading snapshots: {exc}") from exc
+        out = list(wanted)
+        for i, (version, last_id, raw) in zip(fresh, replies):
+            if raw is None or last_id is None:
+                continue
+            try:
+                state = decode_snapshot(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                continue  # written by another version of the State struct: replay instead
+            if state.version == int(version):
+                out[i] = (wanted[i][0], state, s(last_id))
         return out
 
     async def load(self, instance_id: str) -> State:
@@ -227,6 +262,10 @@ class Store:
             args += ("S", ref(key), member)
         for key, member in fx.srem:
             args += ("s", ref(key), member)
+        if r.snapshot is not None and r.events:
+            args += ("P", ref(k.snapshot(r.p, r.instance_id)), r.snapshot)
+        if fx.finished:
+            args += ("F", ref(k.finished(r.p)))
         for target, command in fx.outbox:
             args += ("O", ref(k.outbox(r.p)), target, command["type"], command["id"], command["data"],
                      command["cmd_id"])

@@ -28,7 +28,8 @@ from .definition import Definition
 from .effects import plan
 from .errors import PoisonMessage, StoreUnavailable
 from .keys import ENGINE_GROUP, Keys, encode_shape, filter_shape, wait_signature
-from .model import INITIAL, STATUS_NONE, Envelope, Event, StartWorkflow, State, StepWaiting
+from .evolve import fold
+from .model import INITIAL, STATUS_NONE, Envelope, Event, HistoryLarge, StartWorkflow, State, StepWaiting, encode
 from .relay import OutboxRelay
 from .schema import violations
 from .router import EventRouter, decode_event_fields, event_command
@@ -39,6 +40,7 @@ from .timers import TimerPoller
 
 log = logging.getLogger("foldflow.worker")
 MAX_ROUNDS = 8  # conflict retries within one batch before leaving entries to redelivery
+RETIRE_EVERY_S = 10.0
 
 
 def _entry_key(entry_id: str) -> tuple[int, int]:
@@ -90,6 +92,8 @@ class Stats:
         self.dead_lettered = 0
         self.reclaimed = 0
         self.batches = 0
+        self.large_histories = 0  # instances whose history crossed FOLDFLOW_HISTORY_WARN_EVENTS
+        self.retired = 0  # finished instances whose streams were retired
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -159,7 +163,7 @@ class EngineWorker:
         lease_every = self.settings.lease_ms / 3000
         reclaim_every = max(0.2, min(self.settings.claim_idle_ms, 10_000) / 2000)
         block = max(1, min(self.settings.block_ms, self.settings.lease_ms // 4))
-        next_lease = next_reclaim = 0.0
+        next_lease = next_reclaim = next_retire = 0.0
         backoff = 0.05
         while not self._stopping.is_set():
             try:
@@ -169,6 +173,9 @@ class EngineWorker:
                 if loop.time() >= next_reclaim:
                     next_reclaim = loop.time() + reclaim_every
                     await self.reclaim()
+                if loop.time() >= next_retire:
+                    next_retire = loop.time() + RETIRE_EVERY_S
+                    await self.retire()
                 if not self.leases.owned:
                     await self._sleep(block / 1000)
                     continue
@@ -265,8 +272,10 @@ class EngineWorker:
                 if not kept:
                     continue
                 p = self.keys.partition(iid)
+                events, new_state = self._warn_if_large(state, events, new_state, now)
                 fx = plan(state, events, self.keys, p)
-                reqs.append(AppendRequest(iid, p, state.version, [e.entry_id for e in kept], events, fx, now))
+                reqs.append(AppendRequest(iid, p, state.version, [e.entry_id for e in kept], events, fx, now,
+                                          self._snapshot(state, new_state)))
                 after.append((iid, kept, new_state))
             if poison:
                 await self._dead_letter(poison)
@@ -290,6 +299,11 @@ class EngineWorker:
                               for e in req.events if isinstance(e, StepWaiting)]
                 elif res.status == CONFLICT:
                     self.stats.conflicts += 1
+                    if res.version < req.expected:
+                        # The stream is behind our cached state: Redis lost acknowledged writes
+                        # (restart without fsync, failover). Catching up from the cached tail
+                        # would never converge: reload the whole stream.
+                        self.cache.drop(iid)
                     stale.add(iid)
                     todo[iid] = envs
                 elif res.status == FENCED:
@@ -359,6 +373,47 @@ class EngineWorker:
                       command_fields("step.failed", cmd.parent.id, data, f"child:{child}:step.failed"))  # type: ignore[arg-type]
         self._orphans.clear()
         await pipe.execute()
+
+    def _warn_if_large(self, before: State, events: list[Event], after: State,
+                       now: int) -> tuple[list[Event], State]:
+        limit = self.settings.history_warn_events
+        if not events or not before.version < limit <= after.version:
+            return events, after
+        self.stats.large_histories += 1
+        log.warning("instance %s has a history of %d events (FOLDFLOW_HISTORY_WARN_EVENTS=%d)",
+                    after.id, after.version, limit)
+        warning = HistoryLarge(events=after.version + 1, threshold=limit)
+        return [*events, warning], fold(after, [warning], now)
+
+    def _snapshot(self, before: State, after: State) -> bytes | None:
+        """The folded state, when these events cross a multiple of FOLDFLOW_SNAPSHOT_EVERY."""
+        every = self.settings.snapshot_every
+        return encode(after) if after.version // every > before.version // every else None
+
+    async def retire(self) -> int:
+        """Delete the streams of instances that finished more than FOLDFLOW_RETENTION_MS ago.
+
+        Their histories stay in the read models (projections). Only partitions
+        this worker holds, a bounded batch at a time.
+        """
+        if not self.settings.retention_ms:
+            return 0
+        cutoff = self.clock() - self.settings.retention_ms
+        retired = 0
+        for p in sorted(self.leases.owned):
+            ids = await self.redis.zrangebyscore(self.keys.finished(p), "-inf", cutoff, start=0, num=500)
+            if not ids:
+                continue
+            names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+            pipe = self.redis.pipeline(transaction=False)
+            for iid in names:
+                pipe.delete(self.keys.instance(iid, p), self.keys.snapshot(p, iid))
+                self.cache.drop(iid)
+            pipe.zrem(self.keys.finished(p), *names)
+            await pipe.execute()
+            retired += len(names)
+        self.stats.retired += retired
+        return retired
 
     def _lose(self, p: int) -> None:
         if p in self.leases.owned:

@@ -23,6 +23,9 @@
 --            's' k member                      SREM KEYS[k]
 --            'O' k target type id data cmd_id  XADD KEYS[k] (the partition outbox): a command for
 --                                              an instance elsewhere, relayed after the fact
+--            'P' k state                       HSET KEYS[k] (the instance's snapshot): version, last_id
+--                                              (the last event just written) and the folded state
+--            'F' k                             ZADD KEYS[k] (the partition's finished set) ts instance id
 --
 -- Returns {1, new version, id of the last event in the instance stream} when written,
 --         {0, current version}  when the expected version is stale (nothing written),
@@ -96,6 +99,12 @@ while pos <= n do
   elseif op == 's' then
     redis.call('SREM', KEYS[tonumber(ARGV[pos + 1])], ARGV[pos + 2])
     pos = pos + 3
+  elseif op == 'P' then
+    redis.call('HSET', KEYS[tonumber(ARGV[pos + 1])], 'version', version, 'last_id', last_id, 'state', ARGV[pos + 2])
+    pos = pos + 3
+  elseif op == 'F' then
+    redis.call('ZADD', KEYS[tonumber(ARGV[pos + 1])], ts, instance_id)
+    pos = pos + 2
   elseif op == 'O' then
     redis.call('XADD', KEYS[tonumber(ARGV[pos + 1])], '*', 'target', ARGV[pos + 2], 'type', ARGV[pos + 3],
       'id', ARGV[pos + 4], 'data', ARGV[pos + 5], 'cmd_id', ARGV[pos + 6])

@@ -1,0 +1,70 @@
+"""Long and old histories: snapshots keep a cold load short, a long history is
+flagged once, and finished instances' streams are retired after the retention
+time while their history stays in the read models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from engine.evolve import fold_stored
+from engine.keys import Keys
+from engine.model import INITIAL
+from engine.store import Store
+
+from .conftest import run
+from .helpers import Cluster, check_history
+from .test_language import _flow, echo_services
+
+LOOP = _flow("long-loop", [{"name": "each", "type": "loop", "items": "{{ input.items }}", "service": "echo",
+                            "max_iterations": 10_000}])
+
+
+def test_snapshots_and_the_history_warning(cluster_backend: Any) -> None:
+    factory, base = cluster_backend
+    settings = msgspec.structs.replace(base, snapshot_every=20, history_warn_events=50)
+
+    async def scenario() -> None:
+        async with Cluster(factory, settings, echo_services()) as c:
+            await c.client.register(LOOP)
+            iid = await c.client.start("long-loop", {"items": list(range(40))})
+            state = await c.client.wait(iid, timeout=60)
+            assert state.status == "completed" and len(state.step("each").output["items"]) == 40
+            history = await c.client.history(iid)
+            check_history(history)
+            warnings = [e for e in history if e["type"] == "workflow.history_large"]
+            assert len(warnings) == 1 and warnings[0]["data"]["threshold"] == 50
+            keys = Keys(settings.prefix, settings.partitions)
+            p = keys.partition(iid)
+            snap = await c.client.redis.hgetall(keys.snapshot(p, iid))
+            assert int(snap[b"version"]) % 20 <= len(history) and int(snap[b"version"]) >= 20
+            # A cold load from the snapshot plus the events after it equals a full replay.
+            store = Store(c.client.redis, keys)
+            ((loaded, last),) = await store.load_many([(iid, INITIAL, None)])
+            full = fold_stored(INITIAL, [(e, ts) for _, e, ts in await store.read_events(iid)])
+            assert loaded == full and last == history[-1]["entry_id"]
+
+    run(scenario())
+
+
+def test_finished_instances_are_retired(cluster_backend: Any) -> None:
+    factory, base = cluster_backend
+    settings = msgspec.structs.replace(base, retention_ms=1)
+
+    async def scenario() -> None:
+        async with Cluster(factory, settings, echo_services()) as c:
+            await c.client.register(_flow("short", [{"name": "a", "type": "service_call", "service": "echo"}]))
+            done = [await c.client.start("short", {}) for _ in range(5)]
+            for iid in done:
+                assert (await c.client.wait(iid)).status == "completed"
+            keys = Keys(settings.prefix, settings.partitions)
+            before = sum([await c.client.redis.exists(keys.instance(i)) for i in done])
+            assert before == 5
+            retired = sum([await w.retire() for w in c.workers])
+            assert retired == 5
+            assert sum([await c.client.redis.exists(keys.instance(i)) for i in done]) == 0
+            for p in range(keys.partitions):
+                assert await c.client.redis.zcard(keys.finished(p)) == 0
+
+    run(scenario())
