@@ -111,14 +111,14 @@ async def _count_completed(redis: aioredis.Redis, keys: Keys, want: int, cursors
 
 
 async def throughput(url: str, instances: int, engines: int, activities: int,
-                     timeout: float = 600.0) -> dict[str, Any]:
+                     timeout: float = 600.0, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     settings = bench_settings(url)
     keys = Keys(settings.prefix, settings.partitions)
     redis = aioredis.Redis.from_url(url)
     client = Client(redis, settings)
     await client.register(linear_definition())
     try:
-        with foldflow_workers(settings, engines, activities) as procs:
+        with foldflow_workers(settings, engines, activities, extra_env) as procs:
             await wait_for_leases(redis, keys, engines)
             await wait_for_task_groups(redis, keys, QUEUE)
             pids = {role: [p.pid for p in ps] for role, ps in procs.items()}

@@ -102,7 +102,8 @@ class ActivityWorker:
         self.settings = settings
         self.registry = registry or default_registry
         self.keys = Keys(settings.prefix, settings.partitions)
-        self.store = Store(redis, self.keys)
+        self.store = Store(redis, self.keys, wait_replicas=settings.wait_replicas,
+                           wait_timeout_ms=settings.wait_timeout_ms)
         self.consumer = settings.consumer_name()
         self.services = services or self.registry.services
         if not self.services:
@@ -120,6 +121,7 @@ class ActivityWorker:
 
     async def prepare(self) -> None:
         await preflight(self.redis)  # refuses a Redis that may evict streams
+        await self.store.check_durability(bool(self.settings.require_fsync_always))
         await self.store.check_meta()
         await self.store.load_scripts()
         for stream in self.reader.streams:

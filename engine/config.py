@@ -31,6 +31,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """FOLDFLOW_LEASE_MS: a partition lease's TTL; a crashed worker's partitions move after it."""
     event_retention_ms: int = 86_400_000
     """FOLDFLOW_EVENT_RETENTION_MS: how long an external event can still satisfy a wait that begins later."""
+    wait_replicas: int = 0
+    """FOLDFLOW_WAIT_REPLICAS: after each batch of writes, WAIT for this many replicas (0: don't)."""
+    wait_timeout_ms: int = 1_000
+    """FOLDFLOW_WAIT_TIMEOUT_MS: how long that WAIT may take before the worker goes on (and warns)."""
+    require_fsync_always: int = 0
+    """FOLDFLOW_REQUIRE_FSYNC_ALWAYS: 1 refuses to start unless Redis runs appendonly yes, appendfsync always."""
     snapshot_every: int = 500
     """FOLDFLOW_SNAPSHOT_EVERY: events between snapshots of an instance's state (a cold load replays fewer)."""
     history_warn_events: int = 10_000
@@ -82,6 +88,9 @@ _ENV = {
     "event_retention_ms": "FOLDFLOW_EVENT_RETENTION_MS",
     "breaker_threshold": "FOLDFLOW_BREAKER_THRESHOLD",
     "snapshot_every": "FOLDFLOW_SNAPSHOT_EVERY",
+    "wait_replicas": "FOLDFLOW_WAIT_REPLICAS",
+    "wait_timeout_ms": "FOLDFLOW_WAIT_TIMEOUT_MS",
+    "require_fsync_always": "FOLDFLOW_REQUIRE_FSYNC_ALWAYS",
     "history_warn_events": "FOLDFLOW_HISTORY_WARN_EVENTS",
     "retention_ms": "FOLDFLOW_RETENTION_MS",
     "breaker_cooldown_ms": "FOLDFLOW_BREAKER_COOLDOWN_MS",
@@ -127,7 +136,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         if not isinstance(v, int) or v < 1:
             problems.append(f"{_ENV[field]}: must be a positive integer, got {v!r}")
     for field in ("block_ms", "claim_idle_ms", "task_claim_idle_ms", "timer_poll_ms", "event_retention_ms",
-                  "breaker_threshold", "breaker_cooldown_ms", "retention_ms"):
+                  "breaker_threshold", "breaker_cooldown_ms", "retention_ms", "wait_replicas",
+                  "wait_timeout_ms", "require_fsync_always"):
         v = values.get(field, getattr(defaults, field))
         if not isinstance(v, int) or v < 0:
             problems.append(f"{_ENV[field]}: must be a non-negative integer, got {v!r}")

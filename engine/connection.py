@@ -9,7 +9,7 @@ code runs on both; only reads over many partitions differ (see consumer.py).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -32,7 +32,8 @@ def is_cluster(client: Any) -> bool:
 
 
 async def evalsha_many(redis: Any, sha: str, source: bytes | str,
-                       calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+                       calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+                       wait: tuple[int, int, Callable[[int], None]] | None = None) -> list[Any]:
     """Run one script for many (keys, args), one round trip where the client allows.
 
     A single server gets a pipeline; redis-py refuses EVALSHA in a cluster
@@ -40,6 +41,10 @@ async def evalsha_many(redis: Any, sha: str, source: bytes | str,
     NOSCRIPT answer (restart, failover, SCRIPT FLUSH) loads the script (on
     every primary, for a cluster) and runs that call again. Replies come back in
     order; a call that failed is returned as its exception.
+
+    ``wait`` = (replicas, timeout ms, report): a WAIT on the same connection
+    after the calls (a single server only: WAIT covers the writes made on its
+    own connection), and how many replicas acknowledged them goes to report.
     """
     if is_cluster(redis):
         results: list[Any] = list(await asyncio.gather(
@@ -48,14 +53,21 @@ async def evalsha_many(redis: Any, sha: str, source: bytes | str,
         pipe = redis.pipeline(transaction=False)
         for keys, args in calls:
             pipe.evalsha(sha, len(keys), *keys, *args)
+        if wait is not None:
+            pipe.execute_command("WAIT", wait[0], wait[1])
         results = await pipe.execute(raise_on_error=False)
+        if wait is not None:
+            acked = results.pop()
+            wait[2](acked if isinstance(acked, int) else 0)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
         await redis.script_load(source)
         for i in missing:
             keys, args = calls[i]
             try:
-                results[i] = await redis.evalsha(sha, len(keys), *keys, *args)
+                # EVAL with the source, not EVALSHA: another SCRIPT FLUSH may land
+                # between the load and this call (tests/test_misconfig.py hit it).
+                results[i] = await redis.eval(source, len(keys), *keys, *args)
             except Exception as exc:  # noqa: BLE001 - returned like the others
                 results[i] = exc
     return results

@@ -6,6 +6,7 @@ speaks Redis commands; redis errors are translated here.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -16,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ClusterDownError, MasterDownError, NoScriptError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import evalsha_many
+from .connection import evalsha_many, is_cluster
 from .effects import Effects
 from .errors import ConfigError, DefinitionConflict, PoisonMessage, StoreUnavailable
 from .evolve import fold_stored
@@ -26,6 +27,7 @@ from .model import INITIAL, Event, State, decode_event, encode
 decode_snapshot = msgspec.json.Decoder(State).decode
 
 SCRIPTS = Path(__file__).parent / "scripts"
+log = logging.getLogger("foldflow.store")
 # What "Redis is not answering right now" looks like, including a cluster in
 # the middle of a failover; callers back off and try again.
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError, MasterDownError)
@@ -91,9 +93,13 @@ def s(value: bytes | str) -> str:
 
 
 class Store:
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         self.redis = redis
         self.keys = keys
+        self.wait_replicas = wait_replicas  # WAIT for this many replicas after each batch of writes
+        self.wait_timeout_ms = wait_timeout_ms
+        self.under_replicated = 0  # batches that fewer replicas acknowledged in time
         self.scripts = {
             n: Script(n)
             for n in ("append", "dead_letter", "complete_task", "fire_timers", "register_definition", "lease",
@@ -111,9 +117,10 @@ class Store:
             try:
                 return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
-                # The script cache is volatile (restart, failover, SCRIPT FLUSH).
+                # The script cache is volatile (restart, failover, SCRIPT FLUSH): load it
+                # for next time, and run this call with EVAL, which a flush cannot race.
                 await self.redis.script_load(script.source)
-                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+                return await self.redis.eval(script.source.decode(), len(keys), *keys, *args)
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
 
@@ -123,7 +130,8 @@ class Store:
             return []
         script = self.scripts[name]
         try:
-            results = await evalsha_many(self.redis, script.sha, script.source, calls)
+            wait = (self.wait_replicas, self.wait_timeout_ms, self._replicated) if self.wait_replicas else None
+            results = await evalsha_many(self.redis, script.sha, script.source, calls, wait)
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
         for r in results:
@@ -132,6 +140,30 @@ class Store:
             if isinstance(r, Exception):
                 raise r
         return results
+
+    def _replicated(self, acked: int) -> None:
+        if acked < self.wait_replicas:
+            self.under_replicated += 1
+            log.warning("WAIT %d: only %d replicas acknowledged within %d ms", self.wait_replicas, acked,
+                        self.wait_timeout_ms)
+
+    async def check_durability(self, require_fsync_always: bool) -> None:
+        """Refuse to run with weaker durability than the deployment asked for."""
+        if self.wait_replicas and is_cluster(self.redis):
+            raise ConfigError("FOLDFLOW_WAIT_REPLICAS is not supported on Redis Cluster: WAIT covers one "
+                              "node's connection; use appendfsync always on every master instead")
+        if not require_fsync_always:
+            return
+        try:
+            config: Any = await self.redis.config_get("append*")
+        except ResponseError as exc:
+            raise ConfigError(f"FOLDFLOW_REQUIRE_FSYNC_ALWAYS is set but CONFIG GET is refused ({exc}); "
+                              "it cannot be checked") from exc
+        values = {s(k): s(v) for k, v in config.items()}
+        appendonly, fsync = values.get("appendonly", "no"), values.get("appendfsync", "")
+        if appendonly != "yes" or fsync != "always":
+            raise ConfigError(f"FOLDFLOW_REQUIRE_FSYNC_ALWAYS is set but Redis runs appendonly={appendonly} "
+                              f"appendfsync={fsync}: set appendonly yes and appendfsync always, or unset it")
 
     # -- deployment ---------------------------------------------------------
     async def check_meta(self) -> None:

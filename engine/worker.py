@@ -106,7 +106,8 @@ class EngineWorker:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.prefix, settings.partitions)
-        self.store = Store(redis, self.keys)
+        self.store = Store(redis, self.keys, wait_replicas=settings.wait_replicas,
+                           wait_timeout_ms=settings.wait_timeout_ms)
         self.catalog = Catalog(self.store)
         self.consumer = settings.consumer_name()
         self.reader = GroupReader(redis, ENGINE_GROUP, self.consumer, self.keys.all_inboxes())
@@ -124,6 +125,7 @@ class EngineWorker:
     # -- lifecycle -----------------------------------------------------------
     async def prepare(self) -> None:
         await preflight(self.redis)  # refuses a Redis that may evict streams
+        await self.store.check_durability(bool(self.settings.require_fsync_always))
         await self.store.check_meta()
         await self.store.load_scripts()
         for inbox in self.keys.all_inboxes():
