@@ -153,6 +153,9 @@ class ActivityWorker:
                     log.warning("activities: redis unavailable, retrying in %.2fs: %s", backoff, exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
+                except Exception:  # noqa: BLE001 - one bad read must never kill the worker
+                    log.exception("activity loop failed; retrying in 1s (unreported tasks are redelivered)")
+                    await asyncio.sleep(1.0)
         finally:
             # Drain: let running handlers report; what is not reported stays
             # pending and is redelivered after the claim idle time.

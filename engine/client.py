@@ -16,7 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from .catalog import Catalog
-from .codec import command_fields
+from .codec import MAX_CMD_ID_CHARS, MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS, command_fields
 from .config import Settings
 from .definition import Definition, version_sort_key
 from .errors import InvalidInput, UnknownInstance, UnknownWorkflow
@@ -131,7 +131,14 @@ class Client:
     async def send(self, type_: str, instance_id: str, data: Mapping[str, Any], *, cmd_id: str | None = None) -> str:
         """XADD one command to the instance's partition inbox; returns the entry id."""
         _check_id(instance_id)
-        fields = command_fields(type_, instance_id, dict(data), cmd_id)
+        _check_length("command type", type_, MAX_TYPE_CHARS)
+        _check_length("cmd_id", cmd_id or "", MAX_CMD_ID_CHARS)
+        corr = data.get("correlation_id")
+        _check_length("correlation_id", corr if isinstance(corr, str) else "", MAX_CORRELATION_ID_CHARS)
+        try:
+            fields = command_fields(type_, instance_id, dict(data), cmd_id)
+        except TypeError as exc:  # orjson: not JSON, or nested deeper than it encodes
+            raise InvalidInput(f"{type_} data cannot be sent as JSON: {exc}") from None
         if len(fields["data"]) > self.settings.max_payload_bytes:
             raise InvalidInput(
                 f"{type_} data is {len(fields['data'])} bytes, over the limit of {self.settings.max_payload_bytes}"
@@ -143,6 +150,8 @@ class Client:
         """XADD an external event to the events stream; returns its entry id."""
         if not type_:
             raise InvalidInput("an event needs a type")
+        _check_length("event type", type_, MAX_TYPE_CHARS)
+        _check_length("correlation_id", correlation_id or "", MAX_CORRELATION_ID_CHARS)
         body = orjson.dumps(dict(data))
         if len(body) > self.settings.max_payload_bytes:
             raise InvalidInput(f"event data is {len(body)} bytes, over the limit of {self.settings.max_payload_bytes}")
@@ -226,6 +235,12 @@ def status_view(state: State, step_names: list[str]) -> dict[str, Any]:
         "finished_ms": state.finished_ms,
         "events": state.version,
     }
+
+
+def _check_length(what: str, value: str, limit: int) -> None:
+    """Fail fast on what the engine would dead-letter (streams.md, "Security": per-field limits)."""
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is {len(value)} characters, over the limit of {limit}")
 
 
 def _check_id(instance_id: str) -> None:

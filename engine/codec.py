@@ -27,8 +27,24 @@ def _text(fields: Mapping[bytes, bytes], name: bytes) -> str:
         raise PoisonMessage(f"field {name.decode()!r} is not UTF-8") from None
 
 
+# Bounded lengths of the text fields a sender controls besides the data (streams.md,
+# "Security"): they end up in key names, indexes, logs and dead letters. cmd_id is
+# longer: the ids foldflow makes itself hold an instance id (200) and a step name
+# (100), e.g. res:<instance id>:<step>:<attempt>.
+MAX_TYPE_CHARS = 200
+MAX_CORRELATION_ID_CHARS = 200
+MAX_CMD_ID_CHARS = 512
+
+
+def check_length(field: str, value: str, limit: int) -> None:
+    """PoisonMessage naming the field and the limit when value is longer than limit characters."""
+    if len(value) > limit:
+        raise PoisonMessage(f"field {field!r} is {len(value)} characters, over the limit of {limit}")
+
+
 def decode_command_entry(entry_id: str, fields: Mapping[bytes, bytes], max_bytes: int) -> Envelope:
     type_ = _text(fields, b"type")
+    check_length("type", type_, MAX_TYPE_CHARS)
     if type_ not in COMMAND_TYPES:
         known = ", ".join(sorted(COMMAND_TYPES))
         raise PoisonMessage(f"unknown command type {type_!r} (known: {known})")
@@ -46,12 +62,18 @@ def decode_command_entry(entry_id: str, fields: Mapping[bytes, bytes], max_bytes
         raise PoisonMessage(f"data of {type_!r} is not valid JSON: {exc}") from None
     except RecursionError:  # found by tests/test_fuzz.py: it escaped and failed the whole batch
         raise PoisonMessage(f"data of {type_!r} is nested too deeply") from None
-    cmd_id = fields.get(b"cmd_id")
+    correlation_id = getattr(command, "correlation_id", None)
+    if isinstance(correlation_id, str):
+        check_length("correlation_id", correlation_id, MAX_CORRELATION_ID_CHARS)
+    raw_cmd_id = fields.get(b"cmd_id")
+    cmd_id = raw_cmd_id.decode(errors="replace") if raw_cmd_id else None
+    if cmd_id is not None:
+        check_length("cmd_id", cmd_id, MAX_CMD_ID_CHARS)
     return Envelope(
         instance_id=instance_id,
         entry_id=entry_id,
         command=command,  # type: ignore[arg-type]
-        cmd_id=cmd_id.decode(errors="replace") if cmd_id else None,
+        cmd_id=cmd_id,
     )
 
 

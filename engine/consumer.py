@@ -63,7 +63,7 @@ class GroupReader:
             except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable claiming {stream}: {exc}") from exc
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not _group_lost(exc):
                     raise
                 await self.recover([stream], "XAUTOCLAIM")
                 return out  # a recreated group has nothing pending
@@ -87,7 +87,7 @@ class GroupReader:
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not _group_lost(exc):
                 raise
             await self.recover(self.streams, "XREADGROUP")
             return []
@@ -104,11 +104,11 @@ class GroupReader:
                 replies = await pipe.execute(raise_on_error=False)
             except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
-            missing = [s for s, r in zip(self.streams, replies) if isinstance(r, ResponseError) and "NOGROUP" in str(r)]
+            missing = [s for s, r in zip(self.streams, replies) if _group_lost(r)]
             for r in replies:
                 if isinstance(r, TRANSIENT):
                     raise StoreUnavailable(f"redis unavailable reading {self.group}: {r}") from r
-                if isinstance(r, Exception) and not (isinstance(r, ResponseError) and "NOGROUP" in str(r)):
+                if isinstance(r, Exception) and not _group_lost(r):
                     raise r
             if missing:
                 await self.recover(missing, "XREADGROUP")
@@ -130,7 +130,7 @@ class GroupReader:
                     stream, self.group, self.consumer, min_idle_ms, self._cursors[stream], count=count
                 )
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not _group_lost(exc):
                     raise
                 await self.recover([stream], "XAUTOCLAIM")
                 continue
@@ -187,6 +187,12 @@ class GroupReader:
         return {
             _s(found[0]["message_id"]): int(found[0]["times_delivered"]) for found in rows if found
         }
+
+
+def _group_lost(exc: BaseException) -> bool:
+    """NOGROUP, or a blocked read woken because its stream was deleted under it
+    (Redis 7: "UNBLOCKED the stream key no longer exists")."""
+    return isinstance(exc, ResponseError) and ("NOGROUP" in str(exc) or str(exc).startswith("UNBLOCKED"))
 
 
 def _entries(reply: Any) -> list[Entry]:

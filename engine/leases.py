@@ -16,8 +16,9 @@ import time
 
 import redis.asyncio as aioredis
 
+from .errors import StoreUnavailable
 from .keys import Keys
-from .store import Store
+from .store import TRANSIENT, Store
 
 
 class PartitionLeases:
@@ -35,8 +36,13 @@ class PartitionLeases:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(self.keys.workers, {self.holder: now})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - 3 * self.ttl_ms)
-        pipe.zcard(self.keys.workers)
-        _, _, live = await pipe.execute()
+        # Live = heard from within one lease TTL (a worker heartbeats every third of
+        # it), so a dead worker's share is handed out as soon as its leases expire.
+        pipe.zcount(self.keys.workers, now - self.ttl_ms, "+inf")
+        try:
+            _, _, live = await pipe.execute()
+        except TRANSIENT as exc:
+            raise StoreUnavailable(f"redis unavailable for the worker heartbeat: {exc}") from exc
         return max(1, int(live))
 
     async def maintain(self) -> tuple[list[int], list[int]]:

@@ -18,6 +18,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from .config import Settings
+from .codec import MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS
 from .consumer import Entry, GroupReader
 from .errors import StoreUnavailable
 from .keys import ROUTER_GROUP, Keys
@@ -156,6 +157,7 @@ def _decode_event(fields: dict[bytes, bytes], max_bytes: int) -> tuple[str, dict
     etype = fields.get(b"type")
     if not etype:
         raise ValueError("missing field 'type'")
+    _check_length("type", etype, MAX_TYPE_CHARS)
     raw = fields.get(b"data", b"{}")
     if len(raw) > max_bytes:
         raise ValueError(f"data is {len(raw)} bytes, over the limit of {max_bytes}")
@@ -166,7 +168,16 @@ def _decode_event(fields: dict[bytes, bytes], max_bytes: int) -> tuple[str, dict
     if not isinstance(data, dict):
         raise ValueError(f"data must be a JSON object, got {type(data).__name__}")
     corr = fields.get(b"correlation_id")
+    if corr:
+        _check_length("correlation_id", corr, MAX_CORRELATION_ID_CHARS)
     return etype.decode(errors="replace"), data, corr.decode(errors="replace") if corr else None
+
+
+def _check_length(field: str, raw: bytes, limit: int) -> None:
+    """ValueError (dead-lettered) naming the field and the limit, counted in characters as for commands."""
+    n = len(raw.decode(errors="replace"))
+    if n > limit:
+        raise ValueError(f"field {field!r} is {n} characters, over the limit of {limit}")
 
 
 def event_command(iid: str, step: str, attempt: int, etype: str, entry_id: str, data: dict[str, Any],

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import orjson
 
+from engine.codec import MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS
 from engine.model import WorkflowCreated
 
 from .base import Applied, Doc, Ops, Projection, dumps
@@ -58,8 +59,11 @@ def external_event(entry_id: str, fields: dict[bytes, bytes], source: str) -> tu
     except orjson.JSONDecodeError:
         data = fields.get(b"data", b"").decode(errors="replace")
     cid = raw.decode(errors="replace")
+    etype = fields.get(b"type", b"").decode(errors="replace")
+    if len(cid) > MAX_CORRELATION_ID_CHARS or len(etype) > MAX_TYPE_CHARS:
+        return None  # the router dead-letters it (streams.md, "Security"): no index key is named by it
     ms = int(entry_id.split("-", 1)[0])
-    event = {"id": entry_id, "type": fields.get(b"type", b"").decode(errors="replace"), "source": source,
+    event = {"id": entry_id, "type": etype, "source": source,
              "timestamp": iso(ms), "correlation_id": cid, "data": data}
     return cid, ms, dumps(event)
 

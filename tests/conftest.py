@@ -93,3 +93,13 @@ def cluster_backend(request: pytest.FixtureRequest, prefix: str) -> tuple[Callab
         return (lambda: aioredis.Redis.from_url(url)), Settings(redis_url=url, **base)  # type: ignore[arg-type]
     server = fakeredis.FakeServer()
     return (lambda: fakeredis.FakeAsyncRedis(server=server)), Settings(**base)  # type: ignore[arg-type]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long fault variants (@pytest.mark.slow) run only with FOLDFLOW_SLOW=1 or `-m slow`."""
+    if os.environ.get("FOLDFLOW_SLOW") == "1" or "slow" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="long variant: set FOLDFLOW_SLOW=1 or pass -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,569 @@
+"""Security: every role runs as its own Redis ACL user (deploy/acl/users.acl)
+and can do its job and nothing more; TLS (``rediss://``) passes through; the
+text fields a sender controls have bounded lengths (streams.md, "Security: ACL
+users per role")."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+from engine.activities import ActivityWorker, Registry
+from engine.client import Client
+from engine.codec import MAX_CMD_ID_CHARS, decode_command_entry
+from engine.config import Settings
+from engine.connection import connect
+from engine.embedded import free_port
+from engine.errors import InvalidInput, PoisonMessage, UnknownInstance
+from engine.keys import Keys
+from engine.model import Task
+from engine.router import decode_event_fields
+from engine.worker import EngineWorker
+from projections.queries import Queries
+
+from .conftest import ROOT, eventually, run
+from .helpers import check_history
+
+pytestmark = pytest.mark.redis
+
+ACL_FILE = ROOT / "deploy" / "acl" / "users.acl"
+ROLES = ("client", "engine", "activities", "projector", "reader", "admin")
+ROOT_USER = "fftest-root"  # test-only superuser: reads ACL LOG, flushes; not part of users.acl
+
+
+# -- a redis-server of our own (ACL file, TLS) --------------------------------------
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if not binary:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs a redis-server")
+        pytest.skip("no redis-server on PATH")
+    return binary
+
+
+def server_version(binary: str) -> tuple[int, int]:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"v=(\d+)\.(\d+)", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+def start_server(binary: str, args: list[str], workdir: Path, ready: Callable[[], bool],
+                 timeout: float = 10.0) -> subprocess.Popen[bytes]:
+    log_path = workdir / "redis.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--dir", str(workdir), *args], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}: {log_path.read_text()[-1500:]}")
+        try:
+            if ready():
+                return proc
+        except (redis.exceptions.ConnectionError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"redis-server did not answer: {log_path.read_text()[-1500:]}")
+        time.sleep(0.05)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def render_acl(passwords: dict[str, str], root_password: str, version: tuple[int, int]) -> str:
+    """deploy/acl/users.acl with test passwords, plus a test superuser."""
+    text = ACL_FILE.read_text()
+    for role, password in passwords.items():
+        marker = f">EXAMPLE-{role}-password-CHANGE-ME"
+        assert marker in text, f"{ACL_FILE} has no user for role {role}"
+        text = text.replace(marker, f">{password}")
+    assert "EXAMPLE-" not in text, "a role of users.acl is not covered by this test"
+    if version < (7, 2):
+        # CLIENT SETINFO (sent by redis-py) exists from Redis 7.2; older servers refuse the
+        # rule, and answer redis-py's SETINFO with an error that redis-py ignores.
+        text = text.replace(" +client|setinfo", "")
+    return text + f"user {ROOT_USER} on >{root_password} ~* &* +@all\n"
+
+
+class AclServer:
+    def __init__(self, port: int, passwords: dict[str, str], root_password: str) -> None:
+        self.port = port
+        self.passwords = passwords
+        self.root_password = root_password
+
+    def url(self, role: str) -> str:
+        return f"redis://ff-{role}:{self.passwords[role]}@127.0.0.1:{self.port}/0"
+
+    def sync(self, role: str) -> redis.Redis:
+        return redis.Redis.from_url(self.url(role))
+
+    def root(self) -> redis.Redis:
+        return redis.Redis(port=self.port, username=ROOT_USER, password=self.root_password)
+
+
+@pytest.fixture(scope="module")
+def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclServer]:
+    binary = redis_binary()
+    workdir = tmp_path_factory.mktemp("acl-redis")
+    passwords = {role: secrets.token_hex(12) for role in ROLES}
+    root_password = secrets.token_hex(12)
+    acl = workdir / "users.acl"
+    acl.write_text(render_acl(passwords, root_password, server_version(binary)))
+    port = free_port()
+    server = AclServer(port, passwords, root_password)
+
+    def ready() -> bool:
+        with server.root() as r:
+            return bool(r.ping())
+
+    proc = start_server(binary, ["--port", str(port), "--aclfile", str(acl)], workdir, ready)
+    try:
+        yield server
+    finally:
+        stop_server(proc)
+
+
+# -- 1. every role as its own user, end to end ---------------------------------------
+def role_env(url: str, metrics_port: int) -> dict[str, str]:
+    return {
+        **os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": url, "FOLDFLOW_PREFIX": "ff", "FOLDFLOW_PARTITIONS": "8",
+        "FOLDFLOW_LEASE_MS": "1000", "FOLDFLOW_CLAIM_IDLE_MS": "1000", "FOLDFLOW_BLOCK_MS": "100",
+        "FOLDFLOW_TIMER_POLL_MS": "50", "FOLDFLOW_SNAPSHOT_EVERY": "5", "FOLDFLOW_HEARTBEAT_MS": "500",
+        # breakers stay on (breaker.lua runs under the activity user) but never open here
+        "FOLDFLOW_BREAKER_THRESHOLD": "100",
+        "FOLDFLOW_METRICS_PORT": str(metrics_port), "FOLDFLOW_METRICS_HOST": "127.0.0.1",
+    }
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:  # noqa: S310 - loopback
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc)
+
+
+def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_example: bytes, tmp_path: Path) -> None:
+    """Admin registers, engine / activity / projector processes run as their users, the test
+    is the client (start, publish, status, history) and the reader (read models); Redis
+    refuses nothing but the CONFIG GET the preflight is built to do without."""
+    instances = 8
+    settings = Settings(redis_url=acl_server.url("client"), prefix="ff", partitions=8, block_ms=50)
+    with acl_server.root() as r:
+        r.flushall()
+        r.execute_command("ACL", "LOG", "RESET")
+    ports = {role: free_port() for role in ("engine", "activities", "projector")}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def refusals() -> list[dict[str, Any]]:
+        with acl_server.root() as r:
+            return [_acl_entry(e) for e in r.execute_command("ACL", "LOG", "128")]
+
+    def logs() -> str:
+        return "\n".join(f"--- {n}\n{(tmp_path / f'{n}.log').read_text()[-2000:]}" for n in procs)
+
+    async def scenario() -> None:
+        admin = Client.from_url(acl_server.url("admin"), settings)
+        definition, _ = await admin.register(agent_example)
+        await admin.close()
+        procs["engine"] = spawn(["worker"], role_env(acl_server.url("engine"), ports["engine"]),
+                                tmp_path / "engine.log")
+        procs["activities"] = spawn(["activities", "--module", "engine.demo_handlers"],
+                                    role_env(acl_server.url("activities"), ports["activities"]),
+                                    tmp_path / "activities.log")
+        procs["projector"] = spawn(["projector", "--trim-every", "0.5"],
+                                   role_env(acl_server.url("projector"), ports["projector"]),
+                                   tmp_path / "projector.log")
+        client = Client.from_url(acl_server.url("client"), settings)
+        ids = []
+        for i in range(instances):
+            ctx = {"project_id": "p", "task_id": f"t-{i}", "agent_id": f"a-{i}", "flaky": i % 4 == 0}
+            ids.append(await client.start(definition.name, ctx, instance_id=f"sec-{i}", correlation_id="sec-corr"))
+        waiter = asyncio.create_task(client.wait(ids[0], timeout=40))  # XREAD BLOCK on an instance stream
+        # The agent: a client that watches status and publishes the event each wait asks for.
+        published: set[tuple[str, str, int]] = set()
+        done: set[str] = set()
+        deadline = time.monotonic() + 40
+        while len(done) < instances:
+            assert time.monotonic() < deadline, f"{len(done)}/{instances} completed\n{logs()}"
+            for iid in ids:
+                if iid in done:
+                    continue
+                try:
+                    status = await client.status(iid)
+                except UnknownInstance:
+                    continue  # its start is not decided yet
+                assert status["status"] in ("created", "running", "completed"), status
+                if status["status"] == "completed":
+                    done.add(iid)
+                for step, item in status["steps"].items():
+                    wait = item.get("waiting_for")
+                    if wait and (iid, step, item["attempt"]) not in published:
+                        published.add((iid, step, item["attempt"]))
+                        await client.publish(wait["event_type"], {**wait["filter"], "result": "done"},
+                                             correlation_id="sec-corr")
+            await asyncio.sleep(0.05)
+        assert (await waiter).status == "completed"
+        for iid in ids:
+            check_history(await client.history(iid))
+        assert (await client.status(ids[0]))["steps"]["agent_assignment"]["attempt"] == 2  # a retry timer fired
+        await client.close()
+
+        reader = Queries.from_url(acl_server.url("reader"), settings)
+
+        async def projected() -> Any:
+            page = await reader.executions(status="completed", workflow=definition.name, limit=100)
+            return page if page["count"] == instances else None
+
+        page = await eventually(projected)
+        assert sorted(x["id"] for x in page["items"]) == sorted(ids)
+        assert (await reader.lifecycle(ids[0]))[-1]["type"] == "workflow.completed"
+
+        async def correlated() -> Any:
+            found = await reader.correlation("sec-corr")
+            return found if len(found["executions"]) == instances and len(found["events"]) == instances else None
+
+        await eventually(correlated)
+        await reader.close()
+
+        # Health and metrics of every role work under its user (readiness: scripts loaded,
+        # groups exist; /metrics refreshes every Redis gauge, foldflow_redis_up says it did).
+        for role, port in ports.items():
+            async def ready(port: int = port) -> bool:
+                return (await asyncio.to_thread(http_get, port, "/health/readiness"))[0] == 200
+
+            await eventually(ready, timeout=10)
+            code, body = await asyncio.to_thread(http_get, port, "/metrics")
+            up = re.findall(r"^foldflow_redis_up(?:\{[^}]*\})? (\S+)$", body, re.M)
+            assert code == 200 and up == ["1.0"], (role, code, up, refusals())
+            code, body = await asyncio.to_thread(http_get, port, "/health/dependencies")
+            assert code == 200, (role, body)
+
+    try:
+        run(scenario())
+        # Admin's operator verbs run as the admin user.
+        admin_env = role_env(acl_server.url("admin"), 0)
+        for verb in (["dlq", "list"], ["projector", "status"], ["stuck", "--older-than", "1ms", "--deep"]):
+            done = subprocess.run([sys.executable, "-m", "engine.cli", *verb], env=admin_env, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, (verb, done.stdout[-1000:], done.stderr[-2000:])
+        for name, proc in procs.items():
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, f"{name} did not stop cleanly\n{logs()}"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    # Nothing a role did was refused, except the preflight's CONFIG GET (it reads INFO instead).
+    unexpected = [e for e in refusals() if not str(e.get("object", "")).startswith("config")]
+    assert not unexpected, f"refused under the role users: {unexpected}\n{logs()}"
+
+
+def _acl_entry(raw: Any) -> dict[str, Any]:
+    items = list(raw.items()) if isinstance(raw, dict) else list(zip(raw[0::2], raw[1::2]))
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in items}
+
+
+# -- 2. what each role may not do ---------------------------------------------------------
+def _refused(fn: Callable[[], Any]) -> str:
+    """The error of a call Redis must refuse (NOPERM, or a script's refused command)."""
+    with pytest.raises(ResponseError) as info:
+        fn()
+    message = str(info.value)
+    assert isinstance(info.value, NoPermissionError) or "can't" in message or "NOPERM" in message, message
+    return message
+
+
+XADD_SCRIPT = "return redis.call('XADD', KEYS[1], '*', 'type', 'forged', 'data', '{}')"
+
+
+def test_no_anonymous_access(acl_server: AclServer) -> None:
+    with redis.Redis(port=acl_server.port) as anonymous:
+        with pytest.raises(AuthenticationError):
+            anonymous.ping()
+
+
+def test_client_may_only_append_commands_publish_and_read(acl_server: AclServer, agent_example: bytes) -> None:
+    r = acl_server.sync("client")
+    try:
+        _refused(lambda: r.xadd("{ff:0}:tasks:planning-system", {"task_id": "x"}))  # no task forging
+        _refused(lambda: r.xadd("{ff:0}:i:victim", {"type": "workflow.completed"}))  # no history forging
+        _refused(lambda: r.xadd("{ff:0}:feed", {"type": "workflow.completed"}))
+        _refused(lambda: r.xrange("{ff:0}:inbox"))  # other senders' commands stay unread
+        _refused(lambda: r.hset("ff:def:evil", "v:1", "{}"))
+        _refused(lambda: r.hset("ff:meta", "partitions", "3"))
+        _refused(lambda: r.eval("return 1", 0))
+        _refused(lambda: r.config_get("*"))
+        _refused(lambda: r.config_set("appendonly", "no"))
+        _refused(lambda: r.flushall())
+        _refused(lambda: r.flushdb())
+        _refused(lambda: r.keys("*"))
+        _refused(lambda: r.execute_command("ACL", "LIST"))  # type: ignore[no-untyped-call]
+        _refused(lambda: r.execute_command("CLIENT", "LIST"))  # type: ignore[no-untyped-call]
+    finally:
+        r.close()
+
+    async def register() -> None:
+        client = Client.from_url(acl_server.url("client"), Settings(prefix="ff", partitions=8))
+        try:
+            with pytest.raises(NoPermissionError):
+                await client.register(agent_example)  # register_definition.lua: the client may not
+        finally:
+            await client.close()
+
+    run(register())
+
+
+def test_activity_worker_cannot_write_history_or_touch_the_engines_inbox(acl_server: AclServer) -> None:
+    r = acl_server.sync("activities")
+    try:
+        _refused(lambda: r.xadd("{ff:0}:i:victim", {"type": "workflow.completed"}))
+        _refused(lambda: r.eval(XADD_SCRIPT, 1, "{ff:0}:i:victim"))  # nor through a script
+        _refused(lambda: r.eval(XADD_SCRIPT, 1, "{ff:0}:feed"))
+        # The inbox takes its results (XADD, as any service), but the engine's group is not its own:
+        _refused(lambda: r.xack("{ff:0}:inbox", "engine", "0-1"))
+        _refused(lambda: r.xdel("{ff:0}:inbox", "0-1"))
+        _refused(lambda: r.xreadgroup("engine", "thief", {"{ff:0}:inbox": ">"}))
+        _refused(lambda: r.eval("return redis.call('XACK', KEYS[1], 'engine', '0-1')", 1, "{ff:0}:inbox"))
+        _refused(lambda: r.xadd("{ff:0}:tasks:planning-system", {"task_id": "x"}))  # no task forging
+        _refused(lambda: r.hset("ff:meta", "partitions", "3"))
+        _refused(lambda: r.hset("ff:def:evil", "v:1", "{}"))
+        _refused(lambda: r.config_get("*"))
+        _refused(lambda: r.flushall())
+    finally:
+        r.close()
+
+
+def test_projector_cannot_write_an_inbox_or_forge_events(acl_server: AclServer) -> None:
+    r = acl_server.sync("projector")
+    try:
+        _refused(lambda: r.xadd("{ff:0}:inbox", {"type": "cancel", "id": "x", "data": "{}"}))
+        _refused(lambda: r.eval(XADD_SCRIPT, 1, "{ff:0}:inbox"))
+        _refused(lambda: r.xadd("{ff:0}:feed", {"type": "workflow.completed"}))
+        _refused(lambda: r.eval(XADD_SCRIPT, 1, "{ff:0}:feed"))  # keys allowed, XADD on them not
+        _refused(lambda: r.xadd("ff:events", {"type": "agent.task_completed", "data": "{}"}))
+        _refused(lambda: r.xadd("{ff:0}:i:victim", {"type": "workflow.completed"}))
+        _refused(lambda: r.hset("ff:def:evil", "v:1", "{}"))
+        _refused(lambda: r.config_get("*"))
+        _refused(lambda: r.flushall())
+    finally:
+        r.close()
+
+
+def test_engine_reader_and_admin_limits(acl_server: AclServer) -> None:
+    engine = acl_server.sync("engine")
+    reader = acl_server.sync("reader")
+    admin = acl_server.sync("admin")
+    try:
+        _refused(lambda: engine.hset("ff:def:evil", "v:1", "{}"))  # definitions are the admin's
+        _refused(lambda: engine.eval("return redis.call('HSET', KEYS[1], 'v:1', '{}')", 1, "ff:def:evil"))
+        _refused(lambda: engine.hset("{ff:0}:x:i:victim", "executions", "{}"))  # read models are the projector's
+        _refused(lambda: engine.hset("ff:meta", "partitions", "3"))
+        for r in (engine, admin):
+            _refused(lambda: r.config_get("*"))
+            _refused(lambda: r.flushall())
+            _refused(lambda: r.keys("*"))
+            _refused(lambda: r.execute_command("ACL", "SETUSER", "ff-admin", "+@all"))  # type: ignore[no-untyped-call]
+            _refused(lambda: r.execute_command("CLIENT", "KILL", "USER", "ff-client"))  # type: ignore[no-untyped-call]
+        _refused(lambda: admin.set("other-app:key", "1"))  # only foldflow's keys
+        assert admin.hset("ff:def:admin-check", "probe", "1") == 1
+        admin.delete("ff:def:admin-check")
+        _refused(lambda: reader.xrange("{ff:0}:i:victim"))
+        _refused(lambda: reader.hset("{ff:0}:x:i:victim", "executions", "{}"))
+    finally:
+        for r in (engine, reader, admin):
+            r.close()
+
+
+# -- 3. TLS ---------------------------------------------------------------------------------
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def make_certificates(d: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", "-new", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+             "-subj", "/CN=foldflow test CA", cwd=d)
+    _openssl("req", "-new", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "1", "-extfile", "san.ext", cwd=d)
+    return d / "ca.pem", d / "server.pem", d / "server.key"
+
+
+def test_tls_passes_through(tmp_path: Path, prefix: str) -> None:
+    binary = redis_binary()
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed: cannot make a throwaway certificate")
+    ca, cert, key = make_certificates(tmp_path)
+    port = free_port()
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={urllib.parse.quote(str(ca))}"
+
+    def ready() -> bool:
+        with redis.Redis.from_url(url) as r:
+            return bool(r.ping())
+
+    try:
+        proc = start_server(binary, ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+                                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                                     "--tls-auth-clients", "no"], tmp_path, ready)
+    except RuntimeError as exc:
+        if "tls" in str(exc).lower() and ("bad directive" in str(exc).lower() or "not supported" in str(exc).lower()):
+            pytest.skip(f"this redis-server is built without TLS: {exc}")
+        raise
+    try:
+        with redis.Redis(port=port, socket_timeout=2) as plain:  # plaintext is not spoken there
+            with pytest.raises((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+                plain.ping()
+        run(_tls_workflow(url, prefix))
+    finally:
+        stop_server(proc)
+
+
+async def _tls_workflow(url: str, prefix: str) -> None:
+    settings = Settings(redis_url=url, prefix=prefix, partitions=2, block_ms=50, timer_poll_ms=20,
+                        claim_idle_ms=1_000, breaker_threshold=0)
+    registry = Registry()
+
+    @registry.handler("tls-svc")
+    def handle(task: Task) -> dict[str, Any]:
+        return {"step": task.step, "n": task.context.get("n")}
+
+    doc = {"name": "tls-check", "version": "1.0.0", "definition": {"steps": [
+        {"name": "first", "type": "service_call", "service": "tls-svc"},
+        {"name": "second", "type": "service_call", "service": "tls-svc", "depends_on": ["first"]}]}}
+    client = Client(connect(url), settings)
+    worker = EngineWorker(connect(url), settings)
+    activities = ActivityWorker(connect(url), settings, registry=registry)
+    tasks = [asyncio.create_task(worker.run()), asyncio.create_task(activities.run())]
+    try:
+        definition, _ = await client.register(doc)
+        ids = [await client.start(definition.name, {"n": i}) for i in range(3)]
+        for i, iid in enumerate(ids):
+            state = await client.wait(iid, timeout=20)
+            assert state.status == "completed", state
+            assert (await client.status(iid))["steps"]["second"]["output"] == {"step": "second", "n": i}
+    finally:
+        worker.stop()
+        activities.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()
+        for r in (worker.redis, activities.redis):
+            await r.aclose()
+
+
+# -- 4. per-field size limits ---------------------------------------------------------------
+def test_field_limits_at_decoding() -> None:
+    def cmd(**fields: str) -> dict[bytes, bytes]:
+        base = {"type": "cancel", "id": "i-1", "data": "{}"}
+        return {k.encode(): v.encode() for k, v in {**base, **fields}.items()}
+
+    with pytest.raises(PoisonMessage, match="field 'type' is 201 characters, over the limit of 200"):
+        decode_command_entry("1-0", cmd(type="x" * 201), 1 << 20)
+    with pytest.raises(PoisonMessage, match=f"field 'cmd_id' is {MAX_CMD_ID_CHARS + 1} characters, over the "
+                                            f"limit of {MAX_CMD_ID_CHARS}"):
+        decode_command_entry("1-0", cmd(cmd_id="c" * (MAX_CMD_ID_CHARS + 1)), 1 << 20)
+    with pytest.raises(PoisonMessage, match="field 'correlation_id' is 201 characters, over the limit of 200"):
+        decode_command_entry("1-0", cmd(type="start", data='{"workflow": "w", "correlation_id": "%s"}' % ("c" * 201)),
+                             1 << 20)
+    # at the limits: accepted; the longest cmd_id foldflow makes itself fits
+    longest = f"res:{'i' * 200}:{'s' * 100}:{2**31}"
+    assert len(longest) < MAX_CMD_ID_CHARS
+    env = decode_command_entry("1-0", cmd(type="start", cmd_id=longest,
+                                          data='{"workflow": "w", "correlation_id": "%s"}' % ("c" * 200)), 1 << 20)
+    assert env.cmd_id == longest
+    with pytest.raises(ValueError, match="field 'type' is 201 characters, over the limit of 200"):
+        decode_event_fields({b"type": b"e" * 201, b"data": b"{}"}, 1 << 20)
+    with pytest.raises(ValueError, match="field 'correlation_id' is 201 characters, over the limit of 200"):
+        decode_event_fields({b"type": b"e", b"data": b"{}", b"correlation_id": b"c" * 201}, 1 << 20)
+    assert decode_event_fields({b"type": b"e" * 200, b"data": b"{}", b"correlation_id": b"c" * 200}, 1 << 20)[0]
+
+
+def test_field_limits_are_dead_lettered_by_the_workers(settings: Settings, agent_example: bytes) -> None:
+    keys = Keys(settings.prefix, settings.partitions)
+
+    async def scenario() -> None:
+        client = Client(connect(settings.redis_url), settings)
+        worker = EngineWorker(connect(settings.redis_url), settings)
+        r: aioredis.Redis = client.redis
+        definition, _ = await client.register(agent_example)
+        iid = "limits-1"
+        inbox = keys.inbox(keys.partition(iid))
+        start = '{"workflow": "%s", "context": {"project_id": "p", "task_id": "t", "agent_id": "a"}%s}'
+        bad = {
+            await r.xadd(inbox, {"type": "c" * 201, "id": iid, "data": "{}"}): "field 'type' is 201 characters",
+            await r.xadd(inbox, {"type": "start", "id": iid, "data": start % (definition.name, ""),
+                                 "cmd_id": "k" * 513}): "field 'cmd_id' is 513 characters, over the limit of 512",
+            await r.xadd(inbox, {"type": "start", "id": iid, "data": start % (
+                definition.name, ', "correlation_id": "%s"' % ("c" * 201))}):
+                "field 'correlation_id' is 201 characters, over the limit of 200",
+        }
+        bad_events = {
+            await r.xadd(keys.events, {"type": "e" * 201, "data": "{}"}): "field 'type' is 201 characters",
+            await r.xadd(keys.events, {"type": "agent.task_completed", "data": "{}", "correlation_id": "c" * 201}):
+                "field 'correlation_id' is 201 characters, over the limit of 200",
+        }
+        task = asyncio.create_task(worker.run())
+        try:
+            async def dead(stream: str, n: int) -> Any:
+                entries: Any = await r.xrange(stream)
+                return entries if len(entries) >= n else None
+
+            letters = await eventually(lambda: dead(keys.dlq(keys.partition(iid)), len(bad)))
+            reasons = {f[b"entry_id"]: f[b"reason"].decode() for _, f in letters}
+            for entry_id, expected in bad.items():
+                assert expected in reasons[entry_id], (expected, reasons[entry_id])
+            letters = await eventually(lambda: dead(f"{keys.events}:dlq", len(bad_events)))
+            reasons = {f[b"entry_id"]: f[b"reason"].decode() for _, f in letters}
+            for entry_id, expected in bad_events.items():
+                assert expected in reasons[entry_id], (expected, reasons)
+            assert await r.exists(keys.instance(iid)) == 0  # none of the bad starts created it
+            # and the client refuses them before sending
+            with pytest.raises(InvalidInput, match="correlation_id is 201 characters"):
+                await client.start(definition.name, {"project_id": "p", "task_id": "t", "agent_id": "a"},
+                                   correlation_id="c" * 201)
+            with pytest.raises(InvalidInput, match="event type is 201 characters"):
+                await client.publish("e" * 201, {})
+        finally:
+            worker.stop()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()
+            await worker.redis.aclose()
+
+    run(scenario())
