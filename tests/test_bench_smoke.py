@@ -1,0 +1,27 @@
+"""`python -m bench run --quick` as a smoke test: it runs every case end to end
+and writes its report. Timings are never asserted (the machines are shared)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.redis
+
+
+def test_bench_quick_writes_its_report(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "| case | median |" in report and "steps/s" in report
+    raw = json.loads((tmp_path / "results.json").read_text())
+    assert raw["mode"] == "quick" and raw["results"]
