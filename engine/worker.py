@@ -37,6 +37,7 @@ from .leases import PartitionLeases
 from .preflight import preflight
 from .store import CONFLICT, FENCED, OK, AppendRequest, Store
 from .timers import TimerPoller
+from .trimming import trim_acknowledged
 
 log = logging.getLogger("foldflow.worker")
 MAX_ROUNDS = 8  # conflict retries within one batch before leaving entries to redelivery
@@ -94,6 +95,7 @@ class Stats:
         self.batches = 0
         self.large_histories = 0  # instances whose history crossed FOLDFLOW_HISTORY_WARN_EVENTS
         self.retired = 0  # finished instances whose streams were retired
+        self.trimmed = 0  # acknowledged inbox and old event entries trimmed
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -178,6 +180,7 @@ class EngineWorker:
                 if loop.time() >= next_retire:
                     next_retire = loop.time() + RETIRE_EVERY_S
                     await self.retire()
+                    await self.trim()
                 if not self.leases.owned:
                     await self._sleep(block / 1000)
                     continue
@@ -416,6 +419,19 @@ class EngineWorker:
             retired += len(names)
         self.stats.retired += retired
         return retired
+
+    async def trim(self) -> int:
+        """Trim the inboxes this worker holds below what the engine group has acknowledged,
+        and (the holder of partition 0) the external events older than their retention,
+        never past what the router or a projection has not processed."""
+        trimmed = 0
+        for p in sorted(self.leases.owned):
+            trimmed += await trim_acknowledged(self.redis, self.keys.inbox(p))
+        if 0 in self.leases.owned:
+            horizon = f"{max(0, self.clock() - self.settings.event_retention_ms)}-0"
+            trimmed += await trim_acknowledged(self.redis, self.keys.events, not_after=horizon)
+        self.stats.trimmed += trimmed
+        return trimmed
 
     def _lose(self, p: int) -> None:
         if p in self.leases.owned:
