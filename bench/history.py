@@ -1,9 +1,9 @@
 """Case 5, long histories: the engine's per-command cost on an instance whose
 history is 10, 1,000, 10,000 or 100,000 events long.
 
-foldflow has no loop step yet and a definition is capped at 1 MiB (a 50,000-step
-linear definition is 5 MiB), so histories are grown the way a real instance
-grows one without a loop: by retries. The workflow has one step with
+Histories are grown fast by retries (a loop step would cost a task round trip
+per item, and a definition is capped at 1 MiB, so a 50,000-step linear one does
+not fit). The workflow has one step with
 `max_attempts` 10^9 and no backoff; the bench feeds the real engine worker
 (`EngineWorker.process`, in this process, on the bench's redis-server) the
 commands an activity worker and the timer script would send, in order:

@@ -182,11 +182,12 @@ METHOD = [
     "- **4** open-loop starts at half of case 2's median instance rate for a fixed time; the handlers' wall-clock "
     "stamps (same host clock) give start → first task and result → next task; the load generator's XREAD of the "
     "feeds gives start → completed.",
-    "- **5** no loop step and a 1 MiB definition cap exist, so one instance's history is grown by retries "
+    "- **5** one instance's history is grown fast by retries (a loop step would need a task per item) "
     "(one step, max_attempts 10^9, zero backoff): `step.failed` + retry `timer` command pairs fed to the real "
     "`EngineWorker.process` in this process (2 events per pair), 256 commands per batch; then single commands are "
     "timed end to end (XREADGROUP, decide, append.lua) with the state cached (warm) and after dropping it (cold: "
-    "the whole stream is read and folded; there are no snapshots yet). Growth stops at the time budget: a row "
+    "the snapshot, written every FOLDFLOW_SNAPSHOT_EVERY events, plus the events after it are read and folded). "
+    "Growth stops at the time budget: a row "
     "says when the target length was not reached.",
     "- **6** one instance: step `a`, then 1,000 branches depending on `a`, then `z` depending on all; times from "
     "the instance stream's entry ids (Redis clock) and the handlers' stamps.",

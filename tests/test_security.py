@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import msgspec
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -220,6 +221,8 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
         deadline = time.monotonic() + 40
         while len(done) < instances:
             assert time.monotonic() < deadline, f"{len(done)}/{instances} completed\n{logs()}"
+            dead = [n for n, proc in procs.items() if proc.poll() is not None]
+            assert not dead, f"{dead} exited (a command its user may not run?)\n{logs()}\n{refusals()}"
             for iid in ids:
                 if iid in done:
                     continue
@@ -284,6 +287,9 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
         for name, proc in procs.items():
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0, f"{name} did not stop cleanly\n{logs()}"
+        # The engine's housekeeping runs every few seconds, past this test's end: run it
+        # once now as the engine user (trim acknowledged inbox entries, retire finished instances).
+        assert run(_housekeeping(acl_server.url("engine"), settings)) > 0
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -292,6 +298,18 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
     # Nothing a role did was refused, except the preflight's CONFIG GET (it reads INFO instead).
     unexpected = [e for e in refusals() if not str(e.get("object", "")).startswith("config")]
     assert not unexpected, f"refused under the role users: {unexpected}\n{logs()}"
+
+
+async def _housekeeping(url: str, settings: Settings) -> int:
+    worker = EngineWorker(connect(url), msgspec.structs.replace(settings, redis_url=url, retention_ms=1))
+    try:
+        worker.leases.owned = set(range(settings.partitions))
+        trimmed = await worker.trim()
+        retired = await worker.retire()
+        assert retired > 0
+        return trimmed
+    finally:
+        await worker.redis.aclose()
 
 
 def _acl_entry(raw: Any) -> dict[str, Any]:
