@@ -111,7 +111,8 @@ async def _count_completed(redis: aioredis.Redis, keys: Keys, want: int, cursors
 
 
 async def throughput(url: str, instances: int, engines: int, activities: int,
-                     timeout: float = 600.0, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+                     timeout: float = 600.0, extra_env: dict[str, str] | None = None,
+                     flush: bool = True) -> dict[str, Any]:
     settings = bench_settings(url)
     keys = Keys(settings.prefix, settings.partitions)
     redis = aioredis.Redis.from_url(url)
@@ -143,7 +144,7 @@ async def throughput(url: str, instances: int, engines: int, activities: int,
         worker_cpu = {role: wcpu1[role] - wcpu0[role] for role in wcpu0}
         gen_cpu = (me1.ru_utime + me1.ru_stime) - (me0.ru_utime + me0.ru_stime)
         return {
-            "instances": instances, "engines": engines, "activities": activities,
+            "instances": instances, "engines": engines, "activities": activities, "prefix": settings.prefix,
             "seconds": elapsed, "steps_per_s": steps / elapsed, "instances_per_s": instances / elapsed,
             "cost": {
                 "redis_calls_per_step": {k: v / steps for k, v in calls.items()},
@@ -159,7 +160,8 @@ async def throughput(url: str, instances: int, engines: int, activities: int,
             },
         }
     finally:
-        await redis.flushall()
+        if flush:
+            await redis.flushall()
         await client.close()
 
 

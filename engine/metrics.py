@@ -86,6 +86,15 @@ ENGINE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("router.routed", "counter", "foldflow_router_commands", "Event commands the router sent to waiting instances."),
     ("router.dead_lettered", "counter", "foldflow_router_dead_lettered", "External events dead-lettered."),
     ("timers.fired", "counter", "foldflow_timers_fired", "Durable timers moved into the inboxes."),
+    ("stats.large_histories", "counter", "foldflow_engine_large_histories",
+     "Instances whose history crossed FOLDFLOW_HISTORY_WARN_EVENTS."),
+    ("stats.retired", "counter", "foldflow_engine_retired_instances", "Finished instances whose streams were retired."),
+    ("stats.trimmed", "counter", "foldflow_engine_trimmed_entries", "Acknowledged inbox and old event entries trimmed."),
+    ("relay.relayed", "counter", "foldflow_relay_commands", "Commands relayed from the outbox to other partitions."),
+    ("reader.nogroup_recoveries", "counter", "foldflow_engine_nogroup_recoveries",
+     "Consumer groups found missing (NOGROUP) and recreated: an alarm."),
+    ("store.under_replicated", "counter", "foldflow_engine_under_replicated_batches",
+     "Batches of writes fewer replicas than FOLDFLOW_WAIT_REPLICAS acknowledged in time."),
 )
 ACTIVITY_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("completed", "counter", "foldflow_activity_completed", "Task results reported as completed."),
