@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from typing import Any, Awaitable, Callable
@@ -161,8 +160,6 @@ async def cmd_publish(args: argparse.Namespace) -> int:
 
 
 async def _serve(make: Callable[[Any, Settings], Any], args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
     from .ops_cli import serve
 
     settings = _settings(args)  # every problem with the settings, at start

@@ -44,7 +44,7 @@ from engine.condition_parser import (
     safe_pattern,
 )
 from engine.template_parser import FUNCTIONS as TEMPLATE_FUNCTIONS
-from engine.template_parser import MissingValue, to_text
+from engine.template_parser import MissingValue
 
 __all__ = ["Condition", "ConditionError", "compile_condition", "condition_problems", "evaluate_condition"]
 

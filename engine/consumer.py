@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -206,3 +206,29 @@ def _entries(reply: Any) -> list[Entry]:
         name = _s(stream)
         out += [(name, _s(eid), fields) for eid, fields in entries if fields is not None]
     return out
+
+
+async def consume(reader: GroupReader, handle: Callable[[list[Entry]], Awaitable[Any]], stopping: asyncio.Event,
+                  *, name: str, batch_size: int, block_ms: int, claim_idle_ms: int) -> None:
+    """The loop of a side consumer (router, relay): read, reclaim what dead consumers
+    left, handle; back off while Redis is away; never die on one bad batch."""
+    log = logging.getLogger(f"foldflow.{name}")
+    loop = asyncio.get_running_loop()
+    last_reclaim = 0.0
+    backoff = 0.05
+    while not stopping.is_set():
+        try:
+            entries = await reader.read(batch_size, min(block_ms, 500))
+            if loop.time() - last_reclaim > max(0.2, claim_idle_ms / 2000):
+                last_reclaim = loop.time()
+                entries += [e for e, _ in await reader.reclaim(claim_idle_ms)]
+            if entries:
+                await handle(entries)
+            backoff = 0.05
+        except StoreUnavailable as exc:
+            log.warning("%s: redis unavailable, retrying in %.2fs: %s", name, backoff, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+        except Exception:  # noqa: BLE001 - one bad batch must never kill the loop
+            log.exception("%s batch failed; entries stay pending", name)
+            await asyncio.sleep(1.0)

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .decision import Decision, next_loop_item, step_done, task_id_for
+from .decision import Decision, step_done, task_id_for
 from .definition import Definition
-from .expressions import MissingValue, TemplateError, render
 from .keys import wait_signature
 from .model import (
     STATUS_COMPENSATING,
@@ -51,7 +50,6 @@ from .model import (
     StepIterationCompleted,
     WorkflowCancelled,
     WorkflowCreated,
-    WorkflowFailed,
     WorkflowPaused,
     WorkflowResumed,
     WorkflowRetried,

@@ -16,7 +16,7 @@ import logging
 import redis.asyncio as aioredis
 
 from .config import Settings
-from .consumer import Entry, GroupReader
+from .consumer import Entry, GroupReader, consume
 from .errors import StoreUnavailable
 from .keys import RELAY_GROUP, Keys
 from .store import TRANSIENT, Store
@@ -44,25 +44,8 @@ class OutboxRelay:
         self._stopping.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_reclaim = 0.0
-        backoff = 0.05
-        while not self._stopping.is_set():
-            try:
-                entries = await self.reader.read(self.settings.batch_size, min(self.settings.block_ms, 500))
-                if loop.time() - last_reclaim > max(0.2, self.settings.claim_idle_ms / 2000):
-                    last_reclaim = loop.time()
-                    entries += [e for e, _ in await self.reader.reclaim(self.settings.claim_idle_ms)]
-                if entries:
-                    await self.relay(entries)
-                backoff = 0.05
-            except StoreUnavailable as exc:
-                log.warning("relay: redis unavailable, retrying in %.2fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception:  # noqa: BLE001 - one bad batch must never kill the loop
-                log.exception("relay batch failed; entries stay pending")
-                await asyncio.sleep(1.0)
+        await consume(self.reader, self.relay, self._stopping, name="relay", batch_size=self.settings.batch_size,
+                      block_ms=self.settings.block_ms, claim_idle_ms=self.settings.claim_idle_ms)
 
     async def relay(self, entries: list[Entry]) -> int:
         pipe = self.redis.pipeline(transaction=False)

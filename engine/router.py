@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from .config import Settings
 from .codec import MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS
-from .consumer import Entry, GroupReader
+from .consumer import Entry, GroupReader, consume
 from .errors import StoreUnavailable
 from .keys import ROUTER_GROUP, Keys
 from .store import TRANSIENT, Store
@@ -49,25 +49,8 @@ class EventRouter:
         self._stopping.set()
 
     async def run(self) -> None:
-        backoff = 0.05
-        last_reclaim = 0.0
-        loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
-            try:
-                entries = await self.reader.read(self.settings.batch_size, min(self.settings.block_ms, 500))
-                if loop.time() - last_reclaim > max(0.2, self.settings.claim_idle_ms / 2000):
-                    last_reclaim = loop.time()
-                    entries += [e for e, _ in await self.reader.reclaim(self.settings.claim_idle_ms)]
-                if entries:
-                    await self.route(entries)
-                backoff = 0.05
-            except StoreUnavailable as exc:
-                log.warning("router: redis unavailable, retrying in %.2fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception:  # noqa: BLE001 - one bad batch must never kill the loop
-                log.exception("router batch failed; entries stay pending")
-                await asyncio.sleep(1.0)
+        await consume(self.reader, self.route, self._stopping, name="router", batch_size=self.settings.batch_size,
+                      block_ms=self.settings.block_ms, claim_idle_ms=self.settings.claim_idle_ms)
 
     async def route(self, entries: list[Entry]) -> int:
         decoded: list[tuple[str, str, dict[str, Any], str | None]] = []

@@ -6,9 +6,6 @@ default, ``--table`` for people; errors go through engine.cli's handling
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import signal
 import time
 from typing import Any, Awaitable, Callable, Sequence
 

@@ -10,7 +10,6 @@ from typing import Any, Sequence
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from engine.connection import evalsha_many
 from engine.errors import PoisonMessage, StoreUnavailable
