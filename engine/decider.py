@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .decision import Decision, step_done, task_id_for
 from .definition import Definition
-from .keys import wait_signature
+from .keys import entry_key, wait_signature
 from .model import (
     STATUS_COMPENSATING,
     STATUS_CREATED,
@@ -184,7 +184,7 @@ def _event(d: Decision, cmd: DeliverEvent) -> None:
     if wait is None or wait.event_type != cmd.event_type or not matches(wait.filter, cmd.data):
         return
     taken = d.state.last_events.get(wait_signature(wait.event_type, wait.filter))
-    if taken is not None and _entry_key(cmd.event_id) <= _entry_key(taken):
+    if taken is not None and entry_key(cmd.event_id) <= entry_key(taken):
         return  # an earlier wait of this instance for the same thing took this event (or a later one)
     if d.complete_step(d.definition.step(cmd.step), cmd.attempt, cmd.data, event_id=cmd.event_id):
         d.advance()
@@ -310,12 +310,6 @@ _TIMERS: dict[str, Callable[[Decision, FireTimer], None]] = {
 }
 
 
-def _entry_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return (0, 0)
 
 
 def matches(filter_: dict[str, Any], data: dict[str, Any]) -> bool:

@@ -29,7 +29,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from .errors import InvalidInput, NotFound
-from .keys import QUEUE_RE, Keys
+from .keys import QUEUE_RE, Keys, entry_key
 from .store import Script, Store
 
 EVENTS = "events"
@@ -123,9 +123,6 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class DeadLetters:
@@ -170,7 +167,7 @@ class DeadLetters:
         found: list[DeadLetter] = []
         for p, key in self.streams(partition):
             found += await self._scan(p, key, reason_contains, limit)
-        found.sort(key=lambda d: _id_key(d.id))
+        found.sort(key=lambda d: entry_key(d.id))
         return found if limit is None else found[:limit]
 
     async def _scan(self, p: Partition, key: str, needle: str | None, limit: int | None) -> list[DeadLetter]:

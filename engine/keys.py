@@ -25,6 +25,15 @@ ACTIVITY_GROUP = "activities"
 RELAY_GROUP = "relay"
 
 
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as (ms, seq), so ids compare in stream order; (0, 0) when malformed."""
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
+
+
 def partition_of(instance_id: str, partitions: int) -> int:
     return zlib.crc32(instance_id.encode("utf-8")) % partitions
 

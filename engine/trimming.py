@@ -12,14 +12,13 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from .keys import entry_key
+
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 async def group_floor(redis: Any, stream: str) -> str | None:
@@ -36,7 +35,7 @@ async def group_floor(redis: Any, stream: str) -> str | None:
             floors.append(_s(summary["min"]))
         else:
             floors.append(_s(group.get("last-delivered-id") or group.get(b"last-delivered-id") or "0-0"))
-    return min(floors, key=_key) if floors else None
+    return min(floors, key=entry_key) if floors else None
 
 
 async def trim_acknowledged(redis: Any, stream: str, not_after: str | None = None) -> int:
@@ -44,6 +43,6 @@ async def trim_acknowledged(redis: Any, stream: str, not_after: str | None = Non
     floor = await group_floor(redis, stream)
     if floor is None or floor == "0-0":
         return 0
-    if not_after is not None and _key(not_after) < _key(floor):
+    if not_after is not None and entry_key(not_after) < entry_key(floor):
         floor = not_after
     return int(await redis.xtrim(stream, minid=floor, approximate=False))

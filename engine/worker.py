@@ -27,7 +27,7 @@ from .decider import decide_and_fold
 from .definition import Definition
 from .effects import plan
 from .errors import PoisonMessage, StoreUnavailable
-from .keys import ENGINE_GROUP, Keys, encode_shape, filter_shape, wait_signature
+from .keys import ENGINE_GROUP, Keys, encode_shape, entry_key, filter_shape, wait_signature
 from .evolve import fold
 from .model import INITIAL, STATUS_NONE, Envelope, Event, HistoryLarge, StartWorkflow, State, StepWaiting, encode
 from .relay import OutboxRelay
@@ -44,9 +44,6 @@ MAX_ROUNDS = 8  # conflict retries within one batch before leaving entries to re
 RETIRE_EVERY_S = 10.0
 
 
-def _entry_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def clock_ms() -> int:
@@ -345,7 +342,7 @@ class EngineWorker:
         replies = await pipe.execute()
         found = []
         for (iid, wait, _, taken), ids in zip(waits, replies[1::2]):
-            fresh = [i.decode() for i in ids if taken is None or _entry_key(i.decode()) > _entry_key(taken)]
+            fresh = [i.decode() for i in ids if taken is None or entry_key(i.decode()) > entry_key(taken)]
             if fresh:
                 found.append((iid, wait, fresh[0]))
         if not found:
