@@ -64,7 +64,7 @@ async def ceiling(url: str, seconds: float, batch: int = 256) -> dict[str, Any]:
     def call(i: int) -> list[Any]:
         p = i % 8
         ks = [keys.instance(f"c{i}", p), keys.feed(p), keys.inbox(p), keys.timers(p), keys.lease(p)]
-        return [script.sha, 5, *ks, "engine", "c", 0, f"c{i}", 1, "0", 0, 1, "workflow.step_completed", data]
+        return [script.sha, 5, *ks, "engine", "c", 0, f"c{i}", 1, "0", "", 0, 1, "workflow.step_completed", data]
 
     out: dict[str, Any] = {}
     try:

@@ -76,6 +76,8 @@ ENGINE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("stats.events", "counter", "foldflow_engine_events", "Events appended."),
     ("stats.ignored", "counter", "foldflow_engine_ignored_commands", "Commands that changed nothing (repeats, late results)."),
     ("stats.conflicts", "counter", "foldflow_engine_append_conflicts", "Appends refused on version: decided again."),
+    ("stats.diverged", "counter", "foldflow_engine_diverged_histories",
+     "Conflicts where the instance stream lost what a decision was made on (Redis lost writes): reloaded."),
     ("stats.not_owner", "counter", "foldflow_engine_not_owner", "Entries reclaimed by another worker while held."),
     ("stats.fenced", "counter", "foldflow_engine_fenced_appends", "Appends refused because the partition lease moved on."),
     ("stats.dead_lettered", "counter", "foldflow_engine_dead_lettered", "Commands moved to a dead-letter stream."),

@@ -45,15 +45,18 @@ class Script:
 class AppendRequest:
     """One instance's decision: events, effects and the inbox entries it answers."""
 
-    __slots__ = ("instance_id", "p", "expected", "entry_ids", "events", "effects", "ts", "snapshot")
+    __slots__ = ("instance_id", "p", "expected", "expected_last", "entry_ids", "events", "effects", "ts", "snapshot")
 
     def __init__(
         self, instance_id: str, p: int, expected: int, entry_ids: Sequence[str],
         events: list[Event], effects: Effects, ts: int, snapshot: bytes | None = None,
+        expected_last: str | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.p = p
         self.expected = expected
+        # The stream's last entry id the decision saw; None skips the check (a new instance).
+        self.expected_last = expected_last
         self.entry_ids = entry_ids
         self.events = events
         self.effects = effects
@@ -191,14 +194,15 @@ class Store:
         return [decode_stored(instance_id, eid, fields) for eid, fields in entries]
 
     async def load_many(
-        self, wanted: Sequence[tuple[str, State, str | None]]
+        self, wanted: Sequence[tuple[str, State, str | None]], *, snapshots: bool = True
     ) -> list[tuple[State, str | None] | PoisonMessage]:
         """Catch each (instance, state, last entry id) up with its stream.
 
         An instance read from scratch starts from its snapshot when it has one, so
         a long history costs one snapshot plus the events since, not a full replay.
         """
-        wanted = await self._from_snapshots(wanted)
+        if snapshots:
+            wanted = await self._from_snapshots(wanted)
         pipe = self.redis.pipeline(transaction=False)
         for iid, _state, after in wanted:
             pipe.xrange(self.keys.instance(iid), min=f"({after}" if after else "-", max="+")
@@ -207,7 +211,15 @@ class Store:
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable loading instances: {exc}") from exc
         out: list[tuple[State, str | None] | PoisonMessage] = []
+        broken: list[int] = []
         for (iid, state, after), entries in zip(wanted, replies):
+            if after is not None and entries and _version_of(entries[0][1]) != state.version + 1:
+                # The tail does not continue the state we hold: Redis lost the writes
+                # that state was folded from and the stream has grown a different history
+                # since. Only a replay from the start is right.
+                broken.append(len(out))
+                out.append(PoisonMessage("diverged"))
+                continue
             try:
                 stored = [decode_stored(iid, eid, fields) for eid, fields in entries]
             except PoisonMessage as exc:
@@ -215,6 +227,10 @@ class Store:
                 continue
             last = s(entries[-1][0]) if entries else after
             out.append((fold_stored(state, ((e, ts) for _, e, ts in stored)), last))
+        if broken:
+            again = await self.load_many([(wanted[i][0], INITIAL, None) for i in broken], snapshots=False)
+            for i, loaded in zip(broken, again):
+                out[i] = loaded
         return out
 
     async def _from_snapshots(
@@ -259,7 +275,7 @@ class Store:
             if status == OK:
                 out.append(AppendResult(OK, int(r[1]), s(r[2])))
             elif status == CONFLICT:
-                out.append(AppendResult(CONFLICT, int(r[1])))
+                out.append(AppendResult(CONFLICT, int(r[1]), s(r[2]) if len(r) > 2 else ""))
             elif status == FENCED:
                 out.append(AppendResult(FENCED, entry_id=s(r[1])))
             else:
@@ -279,7 +295,7 @@ class Store:
             return i
 
         args: list[Any] = [group, consumer, r.expected, r.instance_id, r.ts, "1" if fenced else "0",
-                           len(r.entry_ids), *r.entry_ids]
+                           r.expected_last or "", len(r.entry_ids), *r.entry_ids]
         args.append(len(r.events))
         for e in r.events:
             args += (_tag_of(type(e)), encode(e))
@@ -357,6 +373,13 @@ def _text(value: bytes | str) -> str:
         return value.decode()
     except UnicodeDecodeError:
         return repr(value)
+
+
+def _version_of(fields: Any) -> int:
+    try:
+        return int(fields[b"version"])
+    except (KeyError, ValueError, TypeError):
+        return -1
 
 
 def decode_stored(instance_id: str, entry_id: bytes | str, fields: Any) -> tuple[str, Event, int]:

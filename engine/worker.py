@@ -85,6 +85,7 @@ class Stats:
         self.events = 0  # events appended
         self.ignored = 0  # commands that changed nothing (repeats, late results)
         self.conflicts = 0  # appends refused on version: caught up and decided again
+        self.diverged = 0  # conflicts where the stream no longer holds what was decided on (lost writes)
         self.not_owner = 0  # entries reclaimed by another worker while we held them
         self.fenced = 0  # appends refused because the partition's lease moved on
         self.dead_lettered = 0
@@ -259,7 +260,7 @@ class EngineWorker:
         for _ in range(MAX_ROUNDS):
             if not todo:
                 break
-            states = await self._states(todo, stale)
+            states, lasts = await self._states(todo, stale)
             await self._prefetch_definitions(todo, states)
             reqs: list[AppendRequest] = []
             after: list[tuple[str, list[Envelope], State]] = []
@@ -277,7 +278,7 @@ class EngineWorker:
                 events, new_state = self._warn_if_large(state, events, new_state, now)
                 fx = plan(state, events, self.keys, p)
                 reqs.append(AppendRequest(iid, p, state.version, [e.entry_id for e in kept], events, fx, now,
-                                          self._snapshot(state, new_state)))
+                                          self._snapshot(state, new_state), lasts.get(iid)))
                 after.append((iid, kept, new_state))
             if poison:
                 await self._dead_letter(poison)
@@ -301,11 +302,13 @@ class EngineWorker:
                               for e in req.events if isinstance(e, StepWaiting)]
                 elif res.status == CONFLICT:
                     self.stats.conflicts += 1
-                    if res.version < req.expected:
-                        # The stream is behind our cached state: Redis lost acknowledged writes
-                        # (restart without fsync, failover). Catching up from the cached tail
-                        # would never converge: reload the whole stream.
+                    if res.version <= req.expected:
+                        # The stream is behind our cached state, or at its version with another
+                        # last entry: Redis lost acknowledged writes (restart without fsync,
+                        # failover) and perhaps a different history was appended since.
+                        # Catching up from the cached tail would never converge: reload it all.
                         self.cache.drop(iid)
+                        self.stats.diverged += 1
                     stale.add(iid)
                     todo[iid] = envs
                 elif res.status == FENCED:
@@ -502,8 +505,12 @@ class EngineWorker:
             log.error("%s", exc)
             return None
 
-    async def _states(self, todo: dict[str, list[Envelope]], stale: set[str]) -> dict[str, State | PoisonMessage]:
+    async def _states(
+        self, todo: dict[str, list[Envelope]], stale: set[str]
+    ) -> tuple[dict[str, State | PoisonMessage], dict[str, str | None]]:
+        """Each instance's state, and the id of the stream entry it was folded up to."""
         out: dict[str, State | PoisonMessage] = {}
+        lasts: dict[str, str | None] = {}
         wanted: list[tuple[str, State, str | None]] = []
         for iid, envs in todo.items():
             cached = self.cache.get(iid)
@@ -518,7 +525,7 @@ class EngineWorker:
             elif iid in stale:
                 wanted.append((iid, cached[0], cached[1]))
             else:
-                out[iid] = cached[0]
+                out[iid], lasts[iid] = cached
         if wanted:
             for (iid, _, _), loaded in zip(wanted, await self.store.load_many(wanted)):
                 if isinstance(loaded, PoisonMessage):
@@ -528,8 +535,8 @@ class EngineWorker:
                     state, last = loaded
                     if state.status != STATUS_NONE:
                         self.cache.put(iid, state, last)
-                    out[iid] = state
-        return out
+                    out[iid], lasts[iid] = state, last
+        return out, lasts
 
     async def _dead_letter(self, poison: list[tuple[Entry, str]], deliveries: dict[str, int] | None = None) -> None:
         if not poison:

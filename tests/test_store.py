@@ -246,6 +246,39 @@ def test_stale_expected_version_conflicts_and_writes_nothing(backend: Backend, p
     run(go())
 
 
+def test_same_version_with_another_last_entry_conflicts(backend: Backend, prefix: str) -> None:
+    """After lost writes a stream can be back at the expected version with other
+    events; the last entry id the decision saw tells them apart."""
+    async def go() -> None:
+        async with opened(backend, prefix) as (r, store):
+            k = store.keys
+            iid = "order-lost"
+            p = k.partition(iid)
+            eid = await deliver(r, store, p, iid)
+            seen = await append1(store, req(iid, p, 0, [], [WorkflowStarted(), WorkflowStarted()]))
+            assert seen.status == OK
+            # the tail is lost, and another decision brings the stream back to version 2
+            await r.xdel(k.instance(iid), seen.last_id)
+            other = await append1(store, req(iid, p, 1, [], [CommandRejected(command="x", reason="elsewhere")]))
+            assert (other.status, other.version) == (OK, 2) and other.last_id != seen.last_id
+
+            watched = [k.instance(iid), k.feed(p)]
+            before = await lengths(r, *watched)
+            stale = req(iid, p, 2, [eid], [WorkflowStarted()])
+            stale.expected_last = seen.last_id
+            result = await append1(store, stale)
+            assert (result.status, result.version, result.last_id) == (CONFLICT, 2, other.last_id)
+            assert await lengths(r, *watched) == before
+            assert await owner(r, k.inbox(p), ENGINE_GROUP, eid) == "c1"
+
+            fresh = req(iid, p, 2, [eid], [WorkflowStarted()])
+            fresh.expected_last = other.last_id
+            assert (await append1(store, fresh)).status == OK
+            assert await owner(r, k.inbox(p), ENGINE_GROUP, eid) is None
+
+    run(go())
+
+
 def test_append_refuses_entries_that_are_not_ours(backend: Backend, prefix: str) -> None:
     async def go() -> None:
         async with opened(backend, prefix) as (r, store):

@@ -11,7 +11,11 @@
 -- ARGV[4]  instance id                ARGV[5]  timestamp, ms
 -- ARGV[6]  '1': fenced, the lease KEYS[5] must be held by this consumer (a worker whose
 --          lease expired while it stalled can no longer write); '0': not checked
--- ARGV[7]  A: how many inbox entry ids follow; ARGV[8 .. 7+A] the ids. Each must still
+-- ARGV[7]  the id of the stream's last entry the decision was made on ('' = not checked). The
+--          version alone cannot tell two histories apart: after Redis lost acknowledged writes
+--          (restart without fsync, failover), another append can bring the stream back to the
+--          same version with different events.
+-- ARGV[8]  A: how many inbox entry ids follow; ARGV[9 .. 8+A] the ids. Each must still
 --          be pending for this consumer (a late append from a stalled worker whose
 --          entries were reclaimed is refused, never acked on the new owner's behalf).
 -- then     E: how many events follow, then E pairs (event type, data JSON)
@@ -28,14 +32,16 @@
 --            'F' k                             ZADD KEYS[k] (the partition's finished set) ts instance id
 --
 -- Returns {1, new version, id of the last event in the instance stream} when written,
---         {0, current version}  when the expected version is stale (nothing written),
+--         {0, current version, id of the last entry}  when the expected version or last entry id
+--                               is stale (nothing written),
 --         {-1, entry id}        when an entry is no longer ours (nothing written),
 --         {-2, lease holder}    when fenced and the partition's lease is not ours.
 
 local group, consumer = ARGV[1], ARGV[2]
 local expected = tonumber(ARGV[3])
 local instance_id, ts = ARGV[4], ARGV[5]
-local nack = tonumber(ARGV[7])
+local expected_last = ARGV[7]
+local nack = tonumber(ARGV[8])
 
 if ARGV[6] == '1' then
   local holder = redis.call('GET', KEYS[5])
@@ -45,7 +51,7 @@ if ARGV[6] == '1' then
 end
 
 for i = 1, nack do
-  local id = ARGV[7 + i]
+  local id = ARGV[8 + i]
   local pending = redis.call('XPENDING', KEYS[3], group, id, id, 1, consumer)
   if #pending == 0 then
     return {-1, id}
@@ -54,7 +60,9 @@ end
 
 local version = 0
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local current_last = ''
 if #last > 0 then
+  current_last = last[1][1]
   local fields = last[1][2]
   for i = 1, #fields, 2 do
     if fields[i] == 'version' then
@@ -63,11 +71,11 @@ if #last > 0 then
     end
   end
 end
-if version ~= expected then
-  return {0, version}
+if version ~= expected or (expected_last ~= '' and current_last ~= expected_last) then
+  return {0, version, current_last}
 end
 
-local pos = 8 + nack
+local pos = 9 + nack
 local nevents = tonumber(ARGV[pos])
 pos = pos + 1
 local last_id = ''
@@ -115,6 +123,6 @@ while pos <= n do
 end
 
 for i = 1, nack do
-  redis.call('XACK', KEYS[3], group, ARGV[7 + i])
+  redis.call('XACK', KEYS[3], group, ARGV[8 + i])
 end
 return {1, version, last_id}
