@@ -33,6 +33,7 @@ from .errors import PoisonMessage, StoreUnavailable
 from .keys import ACTIVITY_GROUP, Keys
 from .model import Task
 from .preflight import preflight
+from .startup import prepare_when_reachable
 from .store import Store
 
 log = logging.getLogger("foldflow.activities")
@@ -131,7 +132,8 @@ class ActivityWorker:
         self._stopping.set()
 
     async def run(self) -> None:
-        await self.prepare()
+        if not await prepare_when_reachable(self.prepare, self._stopping, "activity worker"):
+            return
         backoff = 0.05
         last_reclaim = 0.0
         loop = asyncio.get_running_loop()

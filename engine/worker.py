@@ -35,6 +35,7 @@ from .schema import violations
 from .router import EventRouter, decode_event_fields, event_command
 from .leases import PartitionLeases
 from .preflight import preflight
+from .startup import prepare_when_reachable
 from .store import CONFLICT, FENCED, OK, AppendRequest, Store
 from .timers import TimerPoller
 from .trimming import trim_acknowledged
@@ -141,7 +142,8 @@ class EngineWorker:
         self.timers.stop()
 
     async def run(self) -> None:
-        await self.prepare()
+        if not await prepare_when_reachable(self.prepare, self._stopping, "engine worker"):
+            return
         side = [
             asyncio.create_task(self.router.run(), name="router"),
             asyncio.create_task(self.relay.run(), name="relay"),

@@ -29,6 +29,7 @@ from engine.consumer import Entry, GroupReader
 from engine.errors import PoisonMessage, StoreUnavailable
 from engine.keys import Keys
 from engine.preflight import preflight
+from engine.startup import prepare_when_reachable
 from engine.store import Store
 
 from .base import Applied, Call, Doc, Ops, Projection, dumps
@@ -100,7 +101,8 @@ class Projector:
         self._stopping.set()
 
     async def run(self) -> None:
-        await self.prepare()
+        if not await prepare_when_reachable(self.prepare, self._stopping, "projector"):
+            return
         loops: list[Coroutine[Any, Any, None]] = [
             self._consume(reader, self._handler(PROJECTIONS[name])) for name, reader in self.readers.items()
         ]

@@ -276,3 +276,38 @@ def test_redis_power_loss_one_engine_worker(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", ["shutdown", "sigkill", "powerloss"])
 def test_redis_restart_mid_run_long(tmp_path: Path, mode: str) -> None:
     restart_run(tmp_path, mode, instances=10000)
+
+
+def test_roles_started_before_redis_wait_for_it(tmp_path: Path) -> None:
+    """Every role started while nothing answers on its port (a compose file's start order,
+    a restart, a failover) retries with backoff, then does its work once Redis is up,
+    and still stops cleanly on SIGTERM."""
+    port = free_port()
+    server = RedisServer(port)
+    settings = Settings(redis_url=server.url, prefix="ffw", partitions=2)
+    procs = Procs(fault_env(settings), tmp_path)
+    try:
+        for role in ("worker", "activities", "projector"):
+            procs.start(role, role)
+        deadline = time.monotonic() + 30
+        while not all("redis unavailable at startup" in procs.log(n) for n in procs.procs):
+            dead = {n: p.returncode for n, p in procs.procs.items() if p.poll() is not None}
+            assert not dead, f"exited without Redis: {dead}\n" + "\n".join(procs.log(n)[-1500:] for n in dead)
+            assert time.monotonic() < deadline, "\n".join(procs.log(n)[-1500:] for n in procs.procs)
+            time.sleep(0.1)
+        server.start()
+
+        async def scenario() -> None:
+            r = aioredis.Redis.from_url(server.url)
+            client = Client(r, settings)
+            await client.register(RESTART_DEF)
+            ids = [await client.start(RESTART_DEF["name"], {}) for _ in range(5)]
+            for iid in ids:
+                assert (await client.wait(iid, timeout=30)).status == "completed"
+            await r.aclose()
+
+        run(scenario())
+        procs.stop_all()
+    finally:
+        procs.kill_all()
+        server.stop()
