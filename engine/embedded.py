@@ -9,7 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import redis
 import redis.asyncio as aioredis
@@ -24,14 +24,21 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A throwaway redis-server process on loopback (nothing kept on disk by default)."""
+    """A throwaway redis-server process on loopback (nothing kept on disk by default).
 
-    def __init__(self, port: int | None = None, *extra: str, binary: str | None = None) -> None:
+    ``username``/``password``: the user the readiness check logs in as (a server
+    started with ``--aclfile`` or ``--requirepass`` in ``extra``); none by default.
+    """
+
+    def __init__(self, port: int | None = None, *extra: str, binary: str | None = None,
+                 username: str | None = None, password: str | None = None) -> None:
         self.binary = binary or shutil.which("redis-server") or ""
         if not self.binary:
             raise FileNotFoundError("redis-server is not on PATH")
         self.port = port or free_port()
         self.extra = list(extra)
+        self.username = username
+        self.password = password
         self.dir = tempfile.mkdtemp(prefix="foldflow-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -46,7 +53,7 @@ class RedisServer:
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = self.sync_client(socket_connect_timeout=0.2)
         try:
             while True:
                 if self.proc.poll() is not None:
@@ -63,6 +70,10 @@ class RedisServer:
                 time.sleep(0.02)
         finally:
             client.close()
+
+    def sync_client(self, **kwargs: Any) -> redis.Redis:
+        """A synchronous client of this server, logged in as ``username`` when given."""
+        return redis.Redis(port=self.port, username=self.username, password=self.password, **kwargs)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -146,16 +157,28 @@ def _cluster_port() -> int:
 
 
 class RedisClusterServer:
-    """A throwaway Redis Cluster on loopback: ``masters`` primaries with ``replicas`` each."""
+    """A throwaway Redis Cluster on loopback: ``masters`` primaries with ``replicas`` each.
 
-    def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
+    ``extra_args`` go to every node (e.g. ``--aclfile``: ACLs are per node);
+    ``username``/``password`` are the user that creates the cluster (redis-cli
+    ``--cluster create``), checks its readiness and that replicas replicate as
+    (``--masteruser``/``--masterauth``). Without them nothing logs in.
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000, *,
+                 extra_args: Sequence[str] = (), username: str | None = None,
+                 password: str | None = None) -> None:
         # No diskless-sync delay: a replica must hold a copy before a test kills its master.
-        self.nodes = [RedisServer(_cluster_port(), "--cluster-enabled", "yes", "--cluster-node-timeout",
-                                  str(node_timeout_ms), "--cluster-config-file", "nodes.conf",
-                                  "--repl-diskless-sync-delay", "0")
+        args = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
+                "--cluster-config-file", "nodes.conf", "--repl-diskless-sync-delay", "0", *extra_args]
+        if password is not None:
+            args += [*(["--masteruser", username] if username else []), "--masterauth", password]
+        self.nodes = [RedisServer(_cluster_port(), *args, username=username, password=password)
                       for _ in range(masters * (1 + replicas))]
         self.masters = masters
         self.replicas = replicas
+        self.username = username
+        self.password = password
 
     @property
     def url(self) -> str:
@@ -172,17 +195,20 @@ class RedisClusterServer:
                     break
                 except RuntimeError:
                     node.stop()
-                    node = self.nodes[i] = RedisServer(_cluster_port(), *node.extra)
+                    node = self.nodes[i] = RedisServer(_cluster_port(), *node.extra, username=self.username,
+                                                       password=self.password)
             else:
                 raise RuntimeError("could not start a cluster node")
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        subprocess.run([cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
-                        "--cluster-yes"], check=True, capture_output=True, timeout=timeout)
+        login = ["--user", self.username] if self.username else []
+        env = {**os.environ, "REDISCLI_AUTH": self.password} if self.password is not None else None
+        subprocess.run([cli, *login, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
+                        "--cluster-yes"], check=True, capture_output=True, timeout=timeout, env=env)
         deadline = time.monotonic() + timeout
         while True:  # every node must agree the cluster is up before clients connect
             states = []
             for node in self.nodes:
-                client = redis.Redis(port=node.port)
+                client = node.sync_client()
                 try:
                     info = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
                     states.append(str(info.get("cluster_state") if isinstance(info, dict) else info))
@@ -196,7 +222,7 @@ class RedisClusterServer:
 
     def _replicas_synced(self) -> bool:
         for node in self.nodes:
-            client = redis.Redis(port=node.port)
+            client = node.sync_client()
             try:
                 info = client.info("replication")
             finally:

@@ -126,12 +126,11 @@ async def breaker_states(redis: aioredis.Redis, keys: Keys, services: Sequence[s
     pipe = redis.pipeline(transaction=False)
     for service in services:
         pipe.hmget(f"{keys.prefix}:breaker:{service}", "state", "trial_until")
-    pipe.time()
     replies = await pipe.execute()
-    secs, micros = replies[-1]
+    secs, micros = await redis.time()  # not in the pipeline: a cluster pipeline refuses TIME (no key)
     now = int(secs) * 1000 + int(micros) // 1000
     out: dict[str, int] = {}
-    for service, (state, trial_until) in zip(services, replies[:-1]):
+    for service, (state, trial_until) in zip(services, replies):
         if state is None or _s(state) != "open":
             out[service] = 0
         else:

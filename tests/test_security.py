@@ -182,38 +182,47 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
     """Admin registers, engine / activity / projector processes run as their users, the test
     is the client (start, publish, status, history) and the reader (read models); Redis
     refuses nothing but the CONFIG GET the preflight is built to do without."""
-    instances = 8
-    settings = Settings(redis_url=acl_server.url("client"), prefix="ff", partitions=8, block_ms=50)
     with acl_server.root() as r:
         r.flushall()
         r.execute_command("ACL", "LOG", "RESET")
-    ports = {role: free_port() for role in ("engine", "activities", "projector")}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def refusals() -> list[dict[str, Any]]:
         with acl_server.root() as r:
             return [_acl_entry(e) for e in r.execute_command("ACL", "LOG", "128")]
 
+    every_role_end_to_end(acl_server.url, agent_example, tmp_path, instances=8, tag="sec", refusals=refusals)
+    # Nothing a role did was refused, except the preflight's CONFIG GET (it reads INFO instead).
+    unexpected = [e for e in refusals() if not str(e.get("object", "")).startswith("config")]
+    assert not unexpected, f"refused under the role users: {unexpected}"
+
+
+def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_path: Path, instances: int,
+                          tag: str, refusals: Callable[[], Any]) -> None:
+    """The agent example with every role as its own user (``url(role)``): engine, activity worker
+    and projector as processes; the test is the admin, the client (start, publish, status,
+    history) and the reader (read models); then health, metrics and the operator verbs under
+    those users, a clean SIGTERM, and the engine's housekeeping as the engine user."""
+    settings = Settings(redis_url=url("client"), prefix="ff", partitions=8, block_ms=50)
+    ports = {role: free_port() for role in ("engine", "activities", "projector")}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
     def logs() -> str:
         return "\n".join(f"--- {n}\n{(tmp_path / f'{n}.log').read_text()[-2000:]}" for n in procs)
 
     async def scenario() -> None:
-        admin = Client.from_url(acl_server.url("admin"), settings)
+        admin = Client.from_url(url("admin"), settings)
         definition, _ = await admin.register(agent_example)
         await admin.close()
-        procs["engine"] = spawn(["worker"], role_env(acl_server.url("engine"), ports["engine"]),
-                                tmp_path / "engine.log")
+        procs["engine"] = spawn(["worker"], role_env(url("engine"), ports["engine"]), tmp_path / "engine.log")
         procs["activities"] = spawn(["activities", "--module", "engine.demo_handlers"],
-                                    role_env(acl_server.url("activities"), ports["activities"]),
-                                    tmp_path / "activities.log")
+                                    role_env(url("activities"), ports["activities"]), tmp_path / "activities.log")
         procs["projector"] = spawn(["projector", "--trim-every", "0.5"],
-                                   role_env(acl_server.url("projector"), ports["projector"]),
-                                   tmp_path / "projector.log")
-        client = Client.from_url(acl_server.url("client"), settings)
+                                   role_env(url("projector"), ports["projector"]), tmp_path / "projector.log")
+        client = Client.from_url(url("client"), settings)
         ids = []
         for i in range(instances):
             ctx = {"project_id": "p", "task_id": f"t-{i}", "agent_id": f"a-{i}", "flaky": i % 4 == 0}
-            ids.append(await client.start(definition.name, ctx, instance_id=f"sec-{i}", correlation_id="sec-corr"))
+            ids.append(await client.start(definition.name, ctx, instance_id=f"{tag}-{i}", correlation_id=f"{tag}-corr"))
         waiter = asyncio.create_task(client.wait(ids[0], timeout=40))  # XREAD BLOCK on an instance stream
         # The agent: a client that watches status and publishes the event each wait asks for.
         published: set[tuple[str, str, int]] = set()
@@ -238,7 +247,7 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
                     if wait and (iid, step, item["attempt"]) not in published:
                         published.add((iid, step, item["attempt"]))
                         await client.publish(wait["event_type"], {**wait["filter"], "result": "done"},
-                                             correlation_id="sec-corr")
+                                             correlation_id=f"{tag}-corr")
             await asyncio.sleep(0.05)
         assert (await waiter).status == "completed"
         for iid in ids:
@@ -246,7 +255,7 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
         assert (await client.status(ids[0]))["steps"]["agent_assignment"]["attempt"] == 2  # a retry timer fired
         await client.close()
 
-        reader = Queries.from_url(acl_server.url("reader"), settings)
+        reader = Queries.from_url(url("reader"), settings)
 
         async def projected() -> Any:
             page = await reader.executions(status="completed", workflow=definition.name, limit=100)
@@ -257,7 +266,7 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
         assert (await reader.lifecycle(ids[0]))[-1]["type"] == "workflow.completed"
 
         async def correlated() -> Any:
-            found = await reader.correlation("sec-corr")
+            found = await reader.correlation(f"{tag}-corr")
             return found if len(found["executions"]) == instances and len(found["events"]) == instances else None
 
         await eventually(correlated)
@@ -279,8 +288,9 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
     try:
         run(scenario())
         # Admin's operator verbs run as the admin user.
-        admin_env = role_env(acl_server.url("admin"), 0)
-        for verb in (["dlq", "list"], ["projector", "status"], ["stuck", "--older-than", "1ms", "--deep"]):
+        admin_env = role_env(url("admin"), 0)
+        for verb in (["dlq", "list"], ["projector", "status"], ["stuck", "--older-than", "1ms", "--deep"],
+                     ["top", "--once"], ["health", "dependencies", "--direct"]):
             done = subprocess.run([sys.executable, "-m", "engine.cli", *verb], env=admin_env, cwd=ROOT,
                                   capture_output=True, text=True, timeout=30)
             assert done.returncode == 0, (verb, done.stdout[-1000:], done.stderr[-2000:])
@@ -289,25 +299,26 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
             assert proc.wait(30) == 0, f"{name} did not stop cleanly\n{logs()}"
         # The engine's housekeeping runs every few seconds, past this test's end: run it
         # once now as the engine user (trim acknowledged inbox entries, retire finished instances).
-        assert run(_housekeeping(acl_server.url("engine"), settings)) > 0
+        assert max(run(_housekeeping(url("engine"), settings))) <= 1
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    # Nothing a role did was refused, except the preflight's CONFIG GET (it reads INFO instead).
-    unexpected = [e for e in refusals() if not str(e.get("object", "")).startswith("config")]
-    assert not unexpected, f"refused under the role users: {unexpected}\n{logs()}"
 
 
-async def _housekeeping(url: str, settings: Settings) -> int:
+async def _housekeeping(url: str, settings: Settings) -> list[int]:
+    """Retire finished instances and trim acknowledged inbox entries as this user; each
+    inbox's length after (the worker may have trimmed some itself: it does every 10 s,
+    and the last delivered entry stays)."""
     worker = EngineWorker(connect(url), msgspec.structs.replace(settings, redis_url=url, retention_ms=1))
     try:
         worker.leases.owned = set(range(settings.partitions))
-        trimmed = await worker.trim()
+        await worker.trim()
         retired = await worker.retire()
         assert retired > 0
-        return trimmed
+        keys = Keys(settings.prefix, settings.partitions)
+        return [int(await worker.redis.xlen(keys.inbox(p))) for p in range(settings.partitions)]
     finally:
         await worker.redis.aclose()
 
@@ -429,42 +440,66 @@ def test_engine_reader_and_admin_limits(acl_server: AclServer) -> None:
 
 
 # -- 3. TLS ---------------------------------------------------------------------------------
+EC_NEW_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
 
 
 def make_certificates(d: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", "-new", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+    _openssl("req", "-x509", "-new", *EC_NEW_KEY, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
              "-subj", "/CN=foldflow test CA", cwd=d)
-    _openssl("req", "-new", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=d)
+    _openssl("req", "-new", *EC_NEW_KEY, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+             cwd=d)
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", "server.pem", "-days", "1", "-extfile", "san.ext", cwd=d)
     return d / "ca.pem", d / "server.pem", d / "server.key"
 
 
+def make_client_certificate(ca_dir: Path, out: Path, name: str = "client") -> tuple[Path, Path]:
+    """A client certificate (mutual TLS) and its key, in ``out``, signed by the CA that
+    make_certificates left in ``ca_dir``."""
+    out.mkdir(parents=True, exist_ok=True)
+    key, csr, cert, ext = (out / f"{name}.{suffix}" for suffix in ("key", "csr", "pem", "ext"))
+    _openssl("req", "-new", *EC_NEW_KEY, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN=foldflow test {name}",
+             cwd=ca_dir)
+    ext.write_text("extendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", str(cert), "-days", "1", "-extfile", str(ext), cwd=ca_dir)
+    return cert, key
+
+
+def start_tls_server(binary: str, port: int, certificates: tuple[Path, Path, Path], auth_clients: str,
+                     workdir: Path, ready: Callable[[], bool]) -> subprocess.Popen[bytes]:
+    """A TLS-only redis-server (``--tls-auth-clients`` yes: client certificates required); skips
+    when this redis-server is built without TLS."""
+    ca, cert, key = certificates
+    try:
+        return start_server(binary, ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+                                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                                     "--tls-auth-clients", auth_clients], workdir, ready)
+    except RuntimeError as exc:
+        if "tls" in str(exc).lower() and ("bad directive" in str(exc).lower() or "not supported" in str(exc).lower()):
+            pytest.skip(f"this redis-server is built without TLS: {exc}")
+        raise
+
+
 def test_tls_passes_through(tmp_path: Path, prefix: str) -> None:
     binary = redis_binary()
     if not shutil.which("openssl"):
         pytest.skip("openssl is not installed: cannot make a throwaway certificate")
-    ca, cert, key = make_certificates(tmp_path)
+    certificates = make_certificates(tmp_path)
     port = free_port()
-    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={urllib.parse.quote(str(ca))}"
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={urllib.parse.quote(str(certificates[0]))}"
 
     def ready() -> bool:
         with redis.Redis.from_url(url) as r:
             return bool(r.ping())
 
-    try:
-        proc = start_server(binary, ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
-                                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-                                     "--tls-auth-clients", "no"], tmp_path, ready)
-    except RuntimeError as exc:
-        if "tls" in str(exc).lower() and ("bad directive" in str(exc).lower() or "not supported" in str(exc).lower()):
-            pytest.skip(f"this redis-server is built without TLS: {exc}")
-        raise
+    proc = start_tls_server(binary, port, certificates, "no", tmp_path, ready)
     try:
         with redis.Redis(port=port, socket_timeout=2) as plain:  # plaintext is not spoken there
             with pytest.raises((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
@@ -474,7 +509,98 @@ def test_tls_passes_through(tmp_path: Path, prefix: str) -> None:
         stop_server(proc)
 
 
-async def _tls_workflow(url: str, prefix: str) -> None:
+def test_mutual_tls(tmp_path: Path, prefix: str) -> None:
+    """``--tls-auth-clients yes``: Redis takes only clients with a certificate from its CA. The
+    ``ssl_certfile`` / ``ssl_keyfile`` query parameters of the URL (redis-py's from_url passes
+    them on, engine.connection.connect adds nothing) are all a role needs, in process and as a
+    ``foldflow worker`` process given nothing but REDIS_URL."""
+    binary = redis_binary()
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed: cannot make a throwaway certificate")
+    certificates = make_certificates(tmp_path)
+    ca = certificates[0]
+    # A directory name with what breaks an unquoted query string (' ', '+', '&', '='): the paths are URL-quoted.
+    cert, key = make_client_certificate(tmp_path, tmp_path / "client certs+keys & c=1")
+    rogue_ca_dir = tmp_path / "rogue-ca"
+    rogue_ca_dir.mkdir()
+    make_certificates(rogue_ca_dir)  # another CA, unknown to the server
+    rogue_cert, rogue_key = make_client_certificate(rogue_ca_dir, rogue_ca_dir)
+    port = free_port()
+
+    def quoted(path: Path) -> str:
+        return urllib.parse.quote(str(path))
+
+    no_cert_url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={quoted(ca)}"  # trusts the server; shows no certificate
+    url = f"{no_cert_url}&ssl_certfile={quoted(cert)}&ssl_keyfile={quoted(key)}"
+    rogue_url = f"{no_cert_url}&ssl_certfile={quoted(rogue_cert)}&ssl_keyfile={quoted(rogue_key)}"
+    server_log = tmp_path / "redis.log"
+
+    def ready() -> bool:
+        with redis.Redis.from_url(url) as r:
+            return bool(r.ping())
+
+    async def refused(bad_url: str, server_says: str) -> None:
+        r = connect(bad_url)
+        try:
+            with pytest.raises(redis.exceptions.ConnectionError) as info:
+                await r.ping()
+        finally:
+            await r.aclose()
+        # Precisely redis.exceptions.ConnectionError (not its AuthenticationError subclass, not a timeout),
+        # raised reading the first reply: under TLS 1.3 the server checks the client's certificate after
+        # the client's side of the handshake, so the refusal arrives as an alert (an ssl.SSLError such as
+        # TLSV13_ALERT_CERTIFICATE_REQUIRED) or, racing the close, as an EOF: an OSError either way.
+        assert type(info.value) is redis.exceptions.ConnectionError, repr(info.value)
+        assert isinstance(info.value.__context__, OSError), repr(info.value.__context__)
+
+        async def logged() -> bool:  # the server's own reason for the refusal
+            return server_says in server_log.read_text()
+
+        await eventually(logged, timeout=5)
+
+    proc = start_tls_server(binary, port, certificates, "yes", tmp_path, ready)
+    engine_proc: subprocess.Popen[bytes] | None = None
+    try:
+        async def in_process() -> None:
+            r = connect(url)
+            kwargs = r.connection_pool.connection_kwargs
+            assert (kwargs["ssl_certfile"], kwargs["ssl_keyfile"]) == (str(cert), str(key)), kwargs
+            await r.aclose()
+            await refused(no_cert_url, "peer did not return a certificate")
+            await refused(rogue_url, "certificate verify failed")
+            await _tls_workflow(url, prefix)  # engine worker, activity worker and client: the URL alone
+
+        run(in_process())
+
+        # The CLI path: `foldflow worker` with REDIS_URL set to the same URL is the engine here.
+        cli_prefix = f"{prefix}cli"
+        metrics_port = free_port()
+        engine_log = tmp_path / "engine.log"
+        env = {**role_env(url, metrics_port), "FOLDFLOW_PREFIX": cli_prefix, "FOLDFLOW_PARTITIONS": "2"}
+        engine_proc = spawn(["worker"], env, engine_log)
+
+        async def through_the_cli() -> None:
+            async def serving() -> bool:
+                assert engine_proc is not None and engine_proc.poll() is None, \
+                    f"foldflow worker exited\n{engine_log.read_text()[-3000:]}"
+                return (await asyncio.to_thread(http_get, metrics_port, "/health/readiness"))[0] == 200
+
+            await eventually(serving, timeout=15)
+            await _tls_workflow(url, cli_prefix, engine=False)
+
+        run(through_the_cli())
+        engine_proc.send_signal(signal.SIGTERM)
+        assert engine_proc.wait(15) == 0, f"foldflow worker did not stop cleanly\n{engine_log.read_text()[-3000:]}"
+    finally:
+        if engine_proc is not None and engine_proc.poll() is None:
+            engine_proc.kill()
+            engine_proc.wait()
+        stop_server(proc)
+
+
+async def _tls_workflow(url: str, prefix: str, *, engine: bool = True) -> None:
+    """Register, start three instances and see them complete; ``engine=False``: an engine
+    worker runs elsewhere (a process of its own)."""
     settings = Settings(redis_url=url, prefix=prefix, partitions=2, block_ms=50, timer_poll_ms=20,
                         claim_idle_ms=1_000, breaker_threshold=0)
     registry = Registry()
@@ -487,9 +613,9 @@ async def _tls_workflow(url: str, prefix: str) -> None:
         {"name": "first", "type": "service_call", "service": "tls-svc"},
         {"name": "second", "type": "service_call", "service": "tls-svc", "depends_on": ["first"]}]}}
     client = Client(connect(url), settings)
-    worker = EngineWorker(connect(url), settings)
+    worker = EngineWorker(connect(url), settings) if engine else None
     activities = ActivityWorker(connect(url), settings, registry=registry)
-    tasks = [asyncio.create_task(worker.run()), asyncio.create_task(activities.run())]
+    tasks = [asyncio.create_task(runner.run()) for runner in (worker, activities) if runner is not None]
     try:
         definition, _ = await client.register(doc)
         ids = [await client.start(definition.name, {"n": i}) for i in range(3)]
@@ -498,12 +624,14 @@ async def _tls_workflow(url: str, prefix: str) -> None:
             assert state.status == "completed", state
             assert (await client.status(iid))["steps"]["second"]["output"] == {"step": "second", "n": i}
     finally:
-        worker.stop()
-        activities.stop()
+        for runner in (worker, activities):
+            if runner is not None:
+                runner.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()
-        for r in (worker.redis, activities.redis):
-            await r.aclose()
+        for runner in (worker, activities):
+            if runner is not None:
+                await runner.redis.aclose()
 
 
 # -- 4. per-field size limits ---------------------------------------------------------------
