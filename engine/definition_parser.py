@@ -50,6 +50,7 @@ from .definition_model import (
     canonical_json,
     parse_duration_ms,
 )
+from .codec import MAX_TYPE_CHARS
 from .conditions import condition_problems
 from .expressions import template_problems
 from .schema import schema_problems
@@ -294,7 +295,7 @@ class _Builder:
             sequence=self.integer(find("sequence")), service=self.text(find("service")),
             endpoint=self.text(find("endpoint")), method=self.text(find("method")),
             input=payload[0] if payload else None, output=output[0] if output else None,
-            event_type=self.text(find("event_type")), event_filter=self.mapping(event_filter) or {},
+            event_type=self.event_type(find("event_type")), event_filter=self.mapping(event_filter) or {},
             timeout_ms=self.duration(find("timeout", "timeout_ms")), retry_policy=retry, on_error=on_error,
             on_timeout=self.timeout_action(find("on_timeout"), name),
             condition=condition, true_edge=self.text(find("true_edge")), false_edge=self.text(find("false_edge")),
@@ -580,6 +581,13 @@ class _Builder:
 
     def text(self, found: _At) -> str | None:
         text: str | None = self.typed(found, str, "a string")
+        return text
+
+    def event_type(self, found: _At) -> str | None:
+        # An event longer than this is refused when published, so a wait on it could never end.
+        text = self.text(found)
+        if found is not None and text is not None and not 0 < len(text) <= MAX_TYPE_CHARS:
+            self.add(found[1], f"must be 1 to {MAX_TYPE_CHARS} characters (the longest event type accepted)")
         return text
 
     def mapping(self, found: _At) -> dict[str, Any] | None:

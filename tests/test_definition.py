@@ -508,3 +508,12 @@ def test_a_misspelt_step_field_is_a_problem_naming_the_closest_field() -> None:
     doc = envelope(call("a"), call("b", depend_on=["a"]))
     problem = only_problem(doc)
     assert problem == Problem("definition.steps[1].depend_on", "unknown field 'depend_on' (did you mean 'depends_on'?)")
+
+
+def test_event_type_longer_than_an_event_may_be_is_refused() -> None:
+    """Events over 200 characters are refused when published, so such a wait could never end."""
+    wait = {"name": "w", "type": "event_wait", "event_type": "e" * 201}
+    problem = only_problem(bare(wait), name="wf", version="1")
+    assert problem.path == "steps[0].event_type" and "1 to 200 characters" in problem.message, problem
+    ok = parse_definition(bare({**wait, "event_type": "e" * 200}), name="wf", version="1")
+    assert ok.steps[0].event_type == "e" * 200
