@@ -32,7 +32,6 @@ from engine.keys import Keys  # noqa: E402
 from engine.model import StepCompleted, StepScheduled, WorkflowCompleted, WorkflowCreated, WorkflowStarted, encode  # noqa: E402
 from engine.store import event_type  # noqa: E402
 from projections import PROJECTIONS, Projector  # noqa: E402
-from projections.keys import group_name  # noqa: E402
 
 
 def pct(values: list[int], q: float) -> float:

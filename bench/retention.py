@@ -10,7 +10,6 @@ below what every projection has processed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import subprocess
 import sys
 import time

@@ -12,10 +12,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from engine.client import Client
 from engine.connection import connect

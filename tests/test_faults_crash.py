@@ -54,22 +54,31 @@ def crash_run(settings: Settings, agent_example: bytes, tmp_path: Path, instance
         def context(i: int) -> dict[str, object]:
             return {"project_id": "p", "task_id": f"t-{i}", "agent_id": f"a-{i % 7}", "flaky": i % 10 == 0}
 
+        killing = asyncio.Event()
+        first = instances // 10
+
         async def feed_starts() -> None:
-            # Starts are spread over the kill period, so every kill hits work in flight.
+            # A first tenth gets the workers going; the rest is spread over the kill period
+            # (not over wall-clock time from the start: workers that are slow to start on a
+            # loaded machine would otherwise have everything queued before the first kill),
+            # so every kill hits work in flight.
+            await start_many(redis, keys, ids[:first], definition.name, context)
+            await killing.wait()
             waves = max(1, int(kills * every * 5))
-            size = -(-instances // waves)
-            for lo in range(0, instances, size):
+            size = -(-(instances - first) // waves)
+            for lo in range(first, instances, size):
                 await start_many(redis, keys, ids[lo: lo + size], definition.name, lambda i: context(lo + i))
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(kills * every / waves)
 
         feeder = asyncio.create_task(feed_starts())
         deadline = began + timeout
-        while len(agents.completed) < instances // 20:
+        while len(agents.completed) < first // 2:
             assert time.monotonic() < deadline, f"only {len(agents.completed)} completed before the first kill"
             await asyncio.sleep(0.02)
         victims = itertools.cycle([("w1", "worker"), ("a1", "activities"), ("p1", "projector"),
                                    ("w2", "worker"), ("a2", "activities"), ("p2", "projector")])
         at_kill = []
+        killing.set()
         for _, (name, role) in zip(range(kills), victims):
             at_kill.append(len(agents.completed))
             procs.kill(name)

@@ -51,13 +51,20 @@ async def consumer_pending(redis: aioredis.Redis, streams: list[str], group: str
 
 async def stop_while_holding(procs: Procs, name: str, redis: aioredis.Redis, streams: list[str], group: str,
                              tries: int = 200) -> int:
-    """SIGSTOP name at a moment it has entries pending in group (retrying until it does)."""
+    """SIGSTOP name at a moment it has entries pending in group (retrying until it does).
+
+    A request the process sent just before the signal still runs in Redis (an append
+    that acks them): the count must hold still for a moment, so what the process
+    holds is work it has not yet written, which it will try to write when it wakes.
+    """
     proc = procs.procs[name]
     for _ in range(tries):
         proc.send_signal(signal.SIGSTOP)
         held = await consumer_pending(redis, streams, group, procs.consumer(name))
         if held:
-            return held
+            await asyncio.sleep(0.2)
+            if await consumer_pending(redis, streams, group, procs.consumer(name)) == held:
+                return held
         proc.send_signal(signal.SIGCONT)
         await asyncio.sleep(0.03)
     raise AssertionError(f"{name} never held pending entries")

@@ -63,8 +63,15 @@ def retry_facts(h: list[dict[str, Any]]) -> dict[str, Any]:
     """Who decided the failure (clock skew = ts - Redis ms), and the retry's delay by the Redis clock."""
     failed = next(e for e in h if e["type"] == "workflow.step_failed")
     again = next((e for e in h if e["type"] == "workflow.step_scheduled" and e["data"]["attempt"] == 2), None)
+    # "early": how long before its retry_at (by the Redis clock) the retry was scheduled. It
+    # cannot depend on load: the timer is due by Redis TIME, and whatever delays the poller
+    # only makes it later. (The delay from the failure's entry does depend on load: the
+    # failure is stamped when decided, its entry id when written.)
     return {"skew": failed["ts"] - _ms(failed["entry_id"]),
             "planned": failed["data"]["retry_at"] - failed["ts"],
+            "retry_at": failed["data"]["retry_at"],
+            "due_when_written": failed["data"]["retry_at"] <= _ms(failed["entry_id"]),
+            "early": failed["data"]["retry_at"] - _ms(again["entry_id"]) if again else None,
             "delay": _ms(again["entry_id"]) - _ms(failed["entry_id"]) if again else None}
 
 
@@ -100,7 +107,7 @@ def timer_run(settings: Settings, instances: int, skews: list[int], observe_s: f
             hist = await histories(r, keys, ids)
             facts = [retry_facts(h) for h in hist.values()]
             # instances decided by a worker with a clock at or behind Redis retry within ~2 s
-            return all(f["delay"] is not None for f in facts if round(f["skew"] / 1000) * 1000 in on_time) and \
+            return all(f["delay"] is not None for f in facts if nearest(f["skew"], skews) in on_time) and \
                 time.monotonic() - began >= observe_s
 
         await until(settled, 30, "the retries that are due ran")
@@ -127,10 +134,16 @@ async def _all_hold(workers: list[EngineWorker]) -> bool:
     return all(w.leases.owned for w in workers)
 
 
-def summary(facts: dict[str, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+def nearest(observed_skew: int, skews: list[int]) -> int:
+    """The configured skew of the worker that decided: observed = its skew minus the time from
+    deciding to writing, which a loaded machine can stretch to hundreds of ms."""
+    return min(skews, key=lambda s: abs(observed_skew - s))
+
+
+def summary(facts: dict[str, dict[str, Any]], skews: list[int]) -> dict[int, dict[str, Any]]:
     by: dict[int, list[dict[str, Any]]] = {}
     for f in facts.values():
-        by.setdefault(round(f["skew"] / 1000) * 1000, []).append(f)
+        by.setdefault(nearest(f["skew"], skews), []).append(f)
     out = {}
     for skew, fs in sorted(by.items()):
         delays = [f["delay"] for f in fs if f["delay"] is not None]
@@ -149,20 +162,20 @@ def test_timers_fire_once_with_several_pollers(settings: Settings) -> None:
     assert len(out["inbox_timers"]) == 300 and set(out["inbox_timers"].values()) == {1}, out["inbox_timers"]
     assert {c for _, c in out["inbox_timers"]} == {"timer:retry:s1:1"}
     assert out["timers_left"] == 0
-    delays = [f["delay"] for f in out["facts"].values()]
-    assert min(delays) >= BACKOFF_MS - 50, min(delays)  # never early by the Redis clock
-    print("timers:", summary(out["facts"]), "fired by worker:", out["fired_by_worker"])
+    early = max(f["early"] for f in out["facts"].values())
+    assert early <= 1, early  # never before retry_at by the Redis clock (1 ms: id vs TIME rounding)
+    print("timers:", summary(out["facts"], [0]), "fired by worker:", out["fired_by_worker"])
 
 
 @pytest.mark.parametrize("skew", [60_000, -60_000])
 def test_a_skewed_worker_shifts_only_the_retries_it_decides(settings: Settings, skew: int) -> None:
     out = timer_run(settings, instances=200, skews=[0, skew], observe_s=3.0)
-    s = summary(out["facts"])
+    s = summary(out["facts"], [0, skew])
     print(f"clock skew {skew:+d} ms:", s, "fired by worker:", out["fired_by_worker"])
     assert set(s) == {0, skew}, s  # both workers decided some failures
     honest = s[0]
-    assert honest["retried"] == honest["instances"] and honest["delay_ms"][0] >= BACKOFF_MS - 50
-    assert honest["delay_ms"][2] < BACKOFF_MS + 1500
+    assert honest["retried"] == honest["instances"]
+    assert max(f["early"] for f in out["facts"].values() if f["early"] is not None) <= 1
     skewed = s[skew]
     assert skewed["planned_ms"] == [BACKOFF_MS]  # planned on its own clock...
     if skew > 0:
@@ -170,6 +183,10 @@ def test_a_skewed_worker_shifts_only_the_retries_it_decides(settings: Settings, 
         assert skewed["retried"] == 0
         assert out["timers_left"] == skewed["instances"]
     else:
-        # ...so by the Redis clock the retry is already due: no backoff at all
-        assert skewed["retried"] == skewed["instances"] and skewed["delay_ms"][2] < 1000
+        # ...so by the Redis clock the retry was already due when its failure was written:
+        # no backoff at all
+        assert skewed["retried"] == skewed["instances"]
+        mine = [f for f in out["facts"].values() if nearest(f["skew"], [0, skew]) == skew]
+        assert all(f["due_when_written"] for f in mine)
+        assert not any(f["due_when_written"] for f in out["facts"].values() if f not in mine)
     assert all(n == 1 for n in out["inbox_timers"].values())
