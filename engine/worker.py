@@ -95,6 +95,7 @@ class Stats:
         self.large_histories = 0  # instances whose history crossed FOLDFLOW_HISTORY_WARN_EVENTS
         self.retired = 0  # finished instances whose streams were retired
         self.trimmed = 0  # acknowledged inbox and old event entries trimmed
+        self.unavailable = 0  # loop turns that met an unavailable Redis (their batch dropped, retried)
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -189,6 +190,9 @@ class EngineWorker:
                     await self.process(entries)
                 backoff = 0.05
             except StoreUnavailable as exc:
+                # The batch in hand is dropped: its entries stay pending for whoever holds
+                # their partition when Redis answers again.
+                self.stats.unavailable += 1
                 log.warning("redis unavailable, retrying in %.2fs: %s", backoff, exc)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
