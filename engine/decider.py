@@ -225,6 +225,10 @@ def _step_timeout(d: Decision, cmd: FireTimer) -> None:
     live = st.status
     if live not in (STEP_SCHEDULED, STEP_WAITING, STEP_CHILD) or not _current(d, cmd.step, cmd.attempt, None, live):
         return
+    if st.items is not None and st.iteration in st.done:
+        # A loop's item came back before its timeout fired; the next item (a new attempt)
+        # is not out yet because the instance is paused or failed. Nothing is awaited.
+        return
     step = d.definition.step(cmd.step)
     what = f"event {st.wait.event_type!r}" if st.wait is not None else (
         "the child workflow" if live == STEP_CHILD else "the step's result")

@@ -418,6 +418,18 @@ def test_a_loop_item_completed_after_the_workflow_failed_dispatches_nothing() ->
     ]
 
 
+def test_a_timeout_for_a_loop_item_that_already_came_back_is_ignored() -> None:
+    """The item's result beat its timeout into the inbox while the instance was paused (or
+    after it failed): the next item is not out yet, so the step still shows that attempt
+    as scheduled. The timeout is stale (hypothesis found it raising out of decide)."""
+    timed = bare({**LOOP_DOC, "timeout": 1000, "retry_policy": {"max_attempts": 1}},
+                 svc("other", retry_policy={"max_attempts": 1}))
+    for last in (PauseWorkflow(), fail("other", error=FATAL)):
+        state = run(timed, last, complete("each", 1, "r0", iteration=0), context={"users": USERS})
+        assert state.step("each").status == "scheduled" and state.step("each").done == [0]
+        assert when(state, timer("timeout", "each", 1), timed) == []
+
+
 def test_plan_sends_each_item_as_a_task_naming_its_iteration() -> None:
     state = run(LOOP, context={"users": USERS})
     events = when(state, complete("each", 1, "r0", iteration=0), LOOP)

@@ -23,6 +23,7 @@ Cases that random runs reach too rarely to rely on are pinned with ``@example``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +89,9 @@ from engine.model import (
     WorkflowRetried,
 )
 
-SETTINGS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+# FOLDFLOW_PROPERTY_EXAMPLES raises the count for a longer hunt than CI's (the default).
+SETTINGS = settings(deadline=None, max_examples=int(os.environ.get("FOLDFLOW_PROPERTY_EXAMPLES", "200")),
+                    suppress_health_check=[HealthCheck.too_slow])
 IID = "i-1"
 T0 = 1_000_000
 KEYS = Keys(prefix="ff", partitions=4)
