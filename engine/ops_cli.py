@@ -225,14 +225,21 @@ def parse_duration_ms(text: str) -> int:
 
 
 async def cmd_stuck(args: argparse.Namespace) -> int:
+    from projections.keys import ViewKeys
+
     from .stuck import find_stuck
 
     older = parse_duration_ms(args.older_than)
     settings = _settings(args)
+    keys = Keys(settings.prefix, settings.partitions)
+    # The projector's status indexes name instances with nothing in flight (a paused one,
+    # say); they are small for paused and created, and every running instance with --deep.
+    statuses = ("paused", "created", "running") if args.deep else ("paused", "created")
+    vk = ViewKeys(keys)
+    listed = [vk.index(p, status=st) for p in range(keys.partitions) for st in statuses]
     redis = connect(settings.redis_url)
     try:
-        found = await find_stuck(redis, Keys(settings.prefix, settings.partitions), older, deep=args.deep,
-                                 limit=args.limit)
+        found = await find_stuck(redis, keys, older, deep=args.deep, limit=args.limit, listed=listed)
     finally:
         await redis.aclose()
     if args.json:
@@ -240,7 +247,7 @@ async def cmd_stuck(args: argparse.Namespace) -> int:
                            option=orjson.OPT_INDENT_2).decode())
         return 0
     if not found:
-        print(f"no stuck instances (no progress for {args.older_than}{'' if args.deep else ', in-flight work only'})")
+        print(f"no stuck instances (no progress for {args.older_than}{'' if args.deep else ', in-flight, paused and created only'})")
         return 0
     print(f"{len(found)} stuck instance(s), no progress for {args.older_than} or more:")
     for s in found:
@@ -271,7 +278,8 @@ def add_commands(sub: Any, parser: argparse.ArgumentParser | None = None) -> Non
 
     x = sub.add_parser("stuck", help="instances without progress, with what each waits for")
     x.add_argument("--older-than", default="10m", help="no progress for this long (90s, 10m, 2h; default 10m)")
-    x.add_argument("--deep", action="store_true", help="also scan the partition feeds (slow; finds instances with "
+    x.add_argument("--deep", action="store_true", help="also every running instance the projections list, and "
+                                                        "the partition feeds (slow; finds running instances with "
                                                         "nothing in flight)")
     x.add_argument("--limit", type=int, default=1000)
     x.add_argument("--json", action="store_true")

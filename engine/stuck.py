@@ -2,10 +2,12 @@
 each with what it waits for, so an operator knows what to do.
 
 Candidates come from what is in flight, never from a scan of instances: open
-event waits (the wait index), tasks in the task streams, durable timers; with
-``deep`` also every instance in the partition feeds (slow; finds instances
-with nothing in flight at all, e.g. a step result lost with Redis's last
-second of writes). Each candidate's state is folded from its own stream, and
+event waits (the wait index), tasks in the task streams, durable timers; plus
+the members of ``listed`` sorted sets (the CLI passes the projections' status
+indexes of paused and created instances, so a paused instance with nothing in
+flight is found too, and with ``deep`` also the running ones); with ``deep``
+also every instance in the partition feeds (slow; finds instances with nothing
+in flight at all, e.g. a step result lost with Redis's last second of writes). Each candidate's state is folded from its own stream, and
 it is stuck when it is not final and its last event is older than the limit.
 """
 
@@ -65,8 +67,11 @@ def _age(ms: int) -> str:
 
 
 async def _candidates(redis: aioredis.Redis, keys: Keys, parts: Sequence[int], deep: bool,
-                      tasks: dict[str, tuple[int, str]]) -> tuple[set[str], dict[tuple[str, str, int], TaskSeen]]:
+                      tasks: dict[str, tuple[int, str]], listed: Sequence[str] = (),
+                      ) -> tuple[set[str], dict[tuple[str, str, int], TaskSeen]]:
     ids: set[str] = set()
+    for key in listed:
+        ids.update(_s(m) for m in await redis.zrange(key, 0, -1))
     seen_tasks: dict[tuple[str, str, int], TaskSeen] = {}
     wanted = set(parts)
     pattern = "{" + _glob_escape(keys.prefix) + ":*}:wait:*"
@@ -115,12 +120,14 @@ async def _candidates(redis: aioredis.Redis, keys: Keys, parts: Sequence[int], d
 
 async def find_stuck(redis: aioredis.Redis, keys: Keys, older_than_ms: int, *, now_ms: int | None = None,
                      partitions: Sequence[int] | None = None, deep: bool = False,
-                     breakers: dict[str, int] | None = None, limit: int = 1_000) -> list[Stuck]:
-    """Stuck instances, longest idle first (at most ``limit``)."""
+                     breakers: dict[str, int] | None = None, limit: int = 1_000,
+                     listed: Sequence[str] = ()) -> list[Stuck]:
+    """Stuck instances, longest idle first (at most ``limit``); ``listed``: sorted sets
+    whose members are more candidate instance ids (the projections' status indexes)."""
     now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     parts = list(range(keys.partitions) if partitions is None else partitions)
     tasks = await task_streams(redis, keys, parts)
-    ids, seen_tasks = await _candidates(redis, keys, parts, deep, tasks)
+    ids, seen_tasks = await _candidates(redis, keys, parts, deep, tasks, listed)
     if breakers is None:
         breakers = await breaker_states(redis, keys, [q for _, q in tasks.values()])
     served: set[str] = set()

@@ -21,6 +21,9 @@ import redis.asyncio as aioredis
 from engine.client import Client
 from engine.config import Settings
 from engine.embedded import RedisServer
+from engine.errors import UnknownInstance
+from engine.keys import Keys
+from engine.stuck import find_stuck
 
 from .conftest import ROOT, run
 from .ops_support import SLOW_FLOW, env_for, free_port, get, spawn, stop, wait_http
@@ -241,3 +244,54 @@ def test_top_in_a_100x30_terminal(deployment: Any, settings: Settings, agent_exa
             time.sleep(0.05)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+PAUSABLE = {"name": "ops-pausable", "version": "1", "definition": {"steps": [
+    {"name": "s1", "step_type": "service_call", "service": "agent-orchestrator", "endpoint": "/a"},
+    {"name": "s2", "step_type": "service_call", "service": "agent-orchestrator", "endpoint": "/b",
+     "depends_on": ["s1"]}]}}
+
+
+def test_stuck_finds_a_paused_instance_with_nothing_in_flight(deployment: Any, settings: Settings) -> None:
+    """Paused before its first result came back: s1 completes, s2 is not dispatched, so no
+    task, wait or timer names it. The projections' status index does."""
+    _, _, env = deployment
+    keys = Keys(settings.prefix, settings.partitions)
+
+    async def go() -> str:
+        client = Client(aioredis.Redis.from_url(settings.redis_url), settings)
+        try:
+            await client.register(PAUSABLE)
+            iid = await client.start("ops-pausable", {}, instance_id="paused-1")
+            # straight behind the start in the inbox (client.pause wants the instance to exist),
+            # so the pause is decided before s1's result comes back
+            await client.send("pause", iid, {"reason": "held for the test"}, cmd_id="pause:paused-1")
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    status: dict[str, Any] | None = await client.status(iid)
+                except UnknownInstance:
+                    status = None
+                if status and status["status"] == "paused" and status["steps"]["s1"]["status"] == "completed":
+                    break
+                assert time.monotonic() < deadline, status
+                await asyncio.sleep(0.05)
+            # nothing in flight names it: the in-flight scan alone does not find it
+            assert [s.instance_id for s in await find_stuck(client.redis, keys, 0)] == []
+            return iid
+        finally:
+            await client.close()
+
+    iid = run(go())
+    deadline = time.monotonic() + 20
+    while True:  # the projector indexes it as paused
+        out = subprocess.run([sys.executable, "-m", "engine.cli", "stuck", "--older-than", "0s", "--json"],
+                             env=env, capture_output=True, cwd=ROOT, timeout=30)
+        assert out.returncode == 0, out.stderr
+        found = {s["instance_id"]: s for s in orjson.loads(out.stdout)}
+        if iid in found:
+            break
+        assert time.monotonic() < deadline, found
+        time.sleep(0.2)
+    assert found[iid]["status"] == "paused"
+    assert found[iid]["waits_for"] == [f"paused: nothing new is dispatched until `foldflow resume {iid}`"]
