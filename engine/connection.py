@@ -9,22 +9,38 @@ code runs on both; only reads over many partitions differ (see consumer.py).
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+from .errors import ConfigError
+
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 def connect(url: str, **kwargs: Any) -> aioredis.Redis:
-    """A client for ``url``; a RedisCluster (typed as Redis: same commands) for cluster URLs."""
+    """A client for ``url``; a RedisCluster (typed as Redis: same commands) for cluster URLs.
+
+    ConfigError (naming the option, never the URL: it may hold a password) when the URL's
+    query string has an option the client does not take; redis-py would raise a TypeError
+    later, from the first command, for a single server.
+    """
     scheme, sep, rest = url.partition("://")
-    if sep and scheme in CLUSTER_SCHEMES:
-        cluster = RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **kwargs)
-        return cluster  # type: ignore[return-value]
-    return aioredis.Redis.from_url(url, **kwargs)
+    try:
+        if sep and scheme in CLUSTER_SCHEMES:
+            cluster = RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **kwargs)
+            return cluster  # type: ignore[return-value]
+        client = aioredis.Redis.from_url(url, **kwargs)
+        client.connection_pool.make_connection()  # builds, does not connect: checks the options now
+        return client
+    except TypeError as exc:
+        m = re.search(r"keyword argument '([^']+)'", str(exc))
+        option = m.group(1) if m else str(exc)
+        kind = "a Redis Cluster" if sep and scheme in CLUSTER_SCHEMES else "a Redis"
+        raise ConfigError(f"the Redis URL has an option {kind} client does not take: {option!r}") from None
 
 
 def is_cluster(client: Any) -> bool:

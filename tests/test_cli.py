@@ -161,3 +161,14 @@ def test_demo_completes_on_the_embedded_default(mode: str, tmp_path: Path) -> No
     assert "5/5 instances completed" in proc.stdout
     assert ("in-process fake" if mode == "fake" else "embedded redis-server") in proc.stdout
     assert "workflow.step_failed" in proc.stdout  # the simulated failure and its retry show
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0?bogus=1", "redis+cluster://127.0.0.1:1/0?ssl_password=x"])
+def test_an_option_the_redis_client_does_not_take_is_a_configuration_error(settings: Settings, url: str) -> None:
+    """Named (never the URL itself: it may hold a password), exit 2, no traceback; a single
+    server's client would otherwise raise a TypeError from its first command."""
+    proc = cli(settings, "status", "some-id", env={"REDIS_URL": url})
+    option = url.rsplit("?", 1)[1].split("=")[0]
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert f"option a Redis{' Cluster' if 'cluster' in url else ''} client does not take: {option!r}" in proc.stderr
+    assert "Traceback" not in proc.stderr and "127.0.0.1:1" not in proc.stderr
