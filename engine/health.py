@@ -22,6 +22,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .connection import is_cluster
 from .heartbeat import read_heartbeats
 from .inventory import breaker_states, dead_letters, group_info
 from .keys import ACTIVITY_GROUP, ENGINE_GROUP, ROUTER_GROUP, Keys
@@ -96,14 +97,27 @@ class Probe:
         try:
             await asyncio.wait_for(self.redis.ping(), CHECK_TIMEOUT_S)
             latency = (time.perf_counter() - started) * 1000
-            info = await asyncio.wait_for(self.redis.info(), CHECK_TIMEOUT_S)
-            policy = _s(info.get("maxmemory_policy", ""))
+            cluster = is_cluster(self.redis)
+            target: dict[str, Any] = {"target_nodes": "primaries"} if cluster else {}
+            info = await asyncio.wait_for(self.redis.info(**target), CHECK_TIMEOUT_S)
+            # A cluster answers per primary ({node: info}): each holds data, each can evict it.
+            per_node = {str(n): i for n, i in info.items()} if cluster else {"": info}
+            nodes = [{"node": name, "version": _s(i.get("redis_version", "")),
+                      "aof_enabled": bool(int(i.get("aof_enabled", 0))),
+                      "maxmemory_policy": _s(i.get("maxmemory_policy", ""))} for name, i in sorted(per_node.items())]
+            versions = sorted({str(n["version"]) for n in nodes})
+            policies = sorted({str(n["maxmemory_policy"]) for n in nodes})
             redis_dep: dict[str, Any] = {
-                "status": "ok", "latency_ms": round(latency, 3), "version": _s(info.get("redis_version", "")),
-                "aof_enabled": bool(int(info.get("aof_enabled", 0))), "maxmemory_policy": policy,
+                "status": "ok", "latency_ms": round(latency, 3), "version": ",".join(versions),
+                "aof_enabled": all(n["aof_enabled"] for n in nodes), "maxmemory_policy": ",".join(policies),
             }
-            if policy and policy != "noeviction":
-                redis_dep["warning"] = f"maxmemory-policy {policy} can evict streams; use noeviction"
+            if cluster:
+                redis_dep["nodes"] = nodes
+            evicting = [n for n in nodes if n["maxmemory_policy"] and n["maxmemory_policy"] != "noeviction"]
+            if evicting:
+                where = "" if not cluster else " on " + ", ".join(str(n["node"]) for n in evicting)
+                redis_dep["warning"] = (f"maxmemory-policy {','.join(sorted({str(n['maxmemory_policy']) for n in evicting}))}"
+                                        f"{where} can evict streams; use noeviction")
             ok = True
         except Exception as exc:  # noqa: BLE001
             redis_dep = {"status": "fail", "error": f"{exc.__class__.__name__}: {exc}"}

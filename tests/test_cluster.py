@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import redis
@@ -263,3 +263,25 @@ def _is_master(port: int) -> bool:
         return bool(role and role[0] in (b"master", "master"))
     except redis.exceptions.ConnectionError:
         return False
+
+
+def test_health_dependencies_report_every_primary(cluster: RedisClusterServer, csettings: Settings) -> None:
+    """Each primary holds data and each could evict it: /health/dependencies names them all."""
+    from engine.health import Probe
+
+    async def go() -> dict[str, Any]:
+        redis_ = connect(csettings.redis_url)
+        try:
+            probe = Probe(redis_, Keys(csettings.prefix, csettings.partitions), "engine", None, stuck_after_ms=0,
+                          alive=lambda: True, stopping=lambda: False)
+            ok, body = await probe.dependencies()
+            assert ok, body
+            return dict(body["dependencies"]["redis"])
+        finally:
+            await redis_.aclose()
+
+    dep = run(go())
+    masters = {m.split("-", 1)[1] for m in _masters(cluster).values()}
+    assert {n["node"].rsplit(":", 1)[1] for n in dep["nodes"]} == masters, dep
+    assert dep["maxmemory_policy"] == "noeviction" and "warning" not in dep
+    assert all(n["version"] == dep["version"] for n in dep["nodes"])
