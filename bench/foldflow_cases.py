@@ -63,8 +63,10 @@ async def ceiling(url: str, seconds: float, batch: int = 256) -> dict[str, Any]:
 
     def call(i: int) -> list[Any]:
         p = i % 8
-        ks = [keys.instance(f"c{i}", p), keys.feed(p), keys.inbox(p), keys.timers(p), keys.lease(p)]
-        return [script.sha, 5, *ks, "engine", "c", 0, f"c{i}", 1, "0", "", 0, 1, "workflow.step_completed", data]
+        ks = [keys.feed(p), keys.inbox(p), keys.timers(p), keys.lease(p), keys.instance(f"c{i}", p)]
+        # one decision per call: instance KEYS[5], expected version 0, no inbox entries, one event, no ops
+        return [script.sha, 5, *ks, "engine", "c", "0", 1, 5, f"c{i}", 0, "", 1, 0, 1, "workflow.step_completed",
+                data, 0]
 
     out: dict[str, Any] = {}
     try:

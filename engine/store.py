@@ -266,25 +266,44 @@ class Store:
     async def append_many(
         self, reqs: Sequence[AppendRequest], group: str, consumer: str, *, fenced: bool = False
     ) -> list[AppendResult]:
-        """Apply decisions; fenced: only while this consumer holds each partition's lease."""
-        calls = [self._append_call(r, group, consumer, fenced) for r in reqs]
-        results = await self.run_many("append", calls)
-        out = []
-        for r in results:
-            status = int(r[0])
-            if status == OK:
-                out.append(AppendResult(OK, int(r[1]), s(r[2])))
-            elif status == CONFLICT:
-                out.append(AppendResult(CONFLICT, int(r[1]), s(r[2]) if len(r) > 2 else ""))
-            elif status == FENCED:
-                out.append(AppendResult(FENCED, entry_id=s(r[1])))
-            else:
-                out.append(AppendResult(NOT_OWNER, entry_id=s(r[1])))
-        return out
+        """Apply decisions, one append.lua call per partition (each decision atomic on its
+        own); fenced: only while this consumer holds each partition's lease. Results come
+        back in the order of ``reqs``."""
+        # One call per partition, and one decision per instance in a call: append.lua does a
+        # call's removals last, which is only order-free across different instances.
+        order: list[tuple[int, list[int]]] = []
+        open_calls: dict[int, tuple[list[int], set[str]]] = {}
+        for i, r in enumerate(reqs):
+            call = open_calls.get(r.p)
+            if call is None or r.instance_id in call[1]:
+                call = open_calls[r.p] = ([], set())
+                order.append((r.p, call[0]))
+            call[0].append(i)
+            call[1].add(r.instance_id)
+        calls = [self._append_call(p, [reqs[i] for i in idx], group, consumer, fenced) for p, idx in order]
+        replies = await self.run_many("append", calls)
+        out: list[AppendResult | None] = [None] * len(reqs)
+        for (_, idx), reply in zip(order, replies):
+            for j, i in enumerate(idx):
+                status, a, b = reply[3 * j: 3 * j + 3]
+                status = int(status)
+                if status == OK:
+                    out[i] = AppendResult(OK, int(a), s(b))
+                elif status == CONFLICT:
+                    out[i] = AppendResult(CONFLICT, int(a), s(b))
+                elif status == FENCED:
+                    out[i] = AppendResult(FENCED, entry_id=s(a))
+                else:
+                    out[i] = AppendResult(NOT_OWNER, entry_id=s(a))
+        missing = [i for i, r in enumerate(out) if r is None]
+        if missing:
+            raise RuntimeError(f"append.lua answered {len(reqs) - len(missing)} of {len(reqs)} decisions")
+        return out  # type: ignore[return-value]
 
-    def _append_call(self, r: AppendRequest, group: str, consumer: str, fenced: bool) -> tuple[list[str], list[Any]]:
+    def _append_call(self, p: int, reqs: Sequence[AppendRequest], group: str, consumer: str,
+                     fenced: bool) -> tuple[list[str], list[Any]]:
         k = self.keys
-        keys = [k.instance(r.instance_id, r.p), k.feed(r.p), k.inbox(r.p), k.timers(r.p), k.lease(r.p)]
+        keys = [k.feed(p), k.inbox(p), k.timers(p), k.lease(p)]
         index: dict[str, int] = {}
 
         def ref(key: str) -> int:
@@ -294,29 +313,33 @@ class Store:
                 i = index[key] = len(keys)
             return i
 
-        args: list[Any] = [group, consumer, r.expected, r.instance_id, r.ts, "1" if fenced else "0",
-                           r.expected_last or "", len(r.entry_ids), *r.entry_ids]
-        args.append(len(r.events))
-        for e in r.events:
-            args += (_tag_of(type(e)), encode(e))
-        fx = r.effects
-        for key, task_id, step, attempt, data in fx.tasks:
-            args += ("T", ref(key), task_id, step, attempt, data)
-        for score, member in fx.timers_add:
-            args += ("Z", score, member)
-        for member in fx.timers_rem:
-            args += ("z", member)
-        for key, member in fx.sadd:
-            args += ("S", ref(key), member)
-        for key, member in fx.srem:
-            args += ("s", ref(key), member)
-        if r.snapshot is not None and r.events:
-            args += ("P", ref(k.snapshot(r.p, r.instance_id)), r.snapshot)
-        if fx.finished:
-            args += ("F", ref(k.finished(r.p)))
-        for target, command in fx.outbox:
-            args += ("O", ref(k.outbox(r.p)), target, command["type"], command["id"], command["data"],
-                     command["cmd_id"])
+        args: list[Any] = [group, consumer, "1" if fenced else "0", len(reqs)]
+        for r in reqs:
+            args += (ref(k.instance(r.instance_id, p)), r.instance_id, r.expected, r.expected_last or "", r.ts,
+                     len(r.entry_ids), *r.entry_ids, len(r.events))
+            for e in r.events:
+                args += (_tag_of(type(e)), encode(e))
+            ops: list[Any] = []
+            fx = r.effects
+            for key, task_id, step, attempt, data in fx.tasks:
+                ops += ("T", ref(key), task_id, step, attempt, data)
+            for score, member in fx.timers_add:
+                ops += ("Z", score, member)
+            for member in fx.timers_rem:
+                ops += ("z", member)
+            for key, member in fx.sadd:
+                ops += ("S", ref(key), member)
+            for key, member in fx.srem:
+                ops += ("s", ref(key), member)
+            if r.snapshot is not None and r.events:
+                ops += ("P", ref(k.snapshot(p, r.instance_id)), r.snapshot)
+            if fx.finished:
+                ops += ("F", ref(k.finished(p)))
+            for target, command in fx.outbox:
+                ops += ("O", ref(k.outbox(p)), target, command["type"], command["id"], command["data"],
+                        command["cmd_id"])
+            args.append(len(ops))
+            args += ops
         return keys, args
 
     # -- dead letters, timers ----------------------------------------------

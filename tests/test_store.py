@@ -351,6 +351,41 @@ def test_append_many_answers_each_request_in_order(backend: Backend, prefix: str
     run(go())
 
 
+def test_one_call_per_partition_applies_each_decision_on_its_own(backend: Backend, prefix: str) -> None:
+    """Three instances of one partition in one append.lua call: the refused one in the middle
+    writes nothing; the first empties the timer set and a wait set, the last adds to both
+    (append.lua removes last, so nothing it needs is deleted under it: see its header)."""
+    async def go() -> None:
+        async with opened(backend, prefix) as (r, store):
+            k = store.keys
+            ids = [f"same-p-{i}" for i in range(64)]
+            p = k.partition(ids[0])
+            x, y, z = [i for i in ids if k.partition(i) == p][:3]
+            wait_key = f"{k.tag(p)}:wait:w"
+            setup = Effects()
+            setup.timers_add.append((TS, timer_member(x, "retry", "s", 1)))
+            setup.sadd.append((wait_key, wait_member(x, "s", 1)))
+            assert (await append1(store, req(x, p, 0, [], [WorkflowStarted()], setup))).status == OK
+            eid = await deliver(r, store, p, y)
+            first, last = Effects(), Effects()
+            first.timers_rem.append(timer_member(x, "retry", "s", 1))
+            first.srem.append((wait_key, wait_member(x, "s", 1)))
+            last.timers_add.append((TS + 1, timer_member(z, "retry", "s", 1)))
+            last.sadd.append((wait_key, wait_member(z, "s", 1)))
+            results = await store.append_many(
+                [req(x, p, 1, [], [WorkflowStarted()], first),
+                 req(y, p, 5, [eid], [WorkflowStarted()]),  # stale: refused, its entry stays pending
+                 req(z, p, 0, [], [WorkflowStarted()], last)],
+                ENGINE_GROUP, "c1")
+            assert [(res.status, res.version) for res in results] == [(OK, 2), (CONFLICT, 0), (OK, 1)]
+            assert [s(m) for m in await r.zrange(k.timers(p), 0, -1)] == [timer_member(z, "retry", "s", 1)]
+            assert {s(m) for m in await r.smembers(wait_key)} == {wait_member(z, "s", 1)}
+            assert await lengths(r, k.instance(x), k.instance(y), k.instance(z)) == [2, 0, 1]
+            assert await owner(r, k.inbox(p), ENGINE_GROUP, eid) == "c1"
+
+    run(go())
+
+
 def test_fenced_append_needs_the_partition_lease(backend: Backend, prefix: str) -> None:
     async def go() -> None:
         async with opened(backend, prefix) as (r, store):
