@@ -13,12 +13,59 @@ import re
 from typing import Any, Callable, Sequence
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.cluster import PRIMARY
+from redis.exceptions import ClusterError, NoScriptError, TryAgainError
 
 from .errors import ConfigError
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, made to ride out resharding (tests/test_cluster_reshard.py).
+
+    While a slot migrates, a script whose keys are split over two nodes is refused
+    (TRYAGAIN), and redirects can bounce (redis-py sends ASKING and the redirected
+    command on two pooled connections, which need not be the same one: the target
+    then answers MOVED back to the source). redis-py retries 16 times and then raises
+    ``ClusterError("TTL exhausted.")``, which is not one of the errors foldflow treats as
+    "Redis not answering right now" (store.TRANSIENT): every worker loop logged it as a
+    crash with a traceback and slept 1 s. It is raised here as TryAgainError instead,
+    which callers already back off on and retry.
+
+    ``reinitialize_steps=0`` (see connect): by default redis-py drops every connection of
+    the client (``aclose``) on each 5th MOVED it sees, commands in flight on other tasks
+    included; a burst of MOVED (every in-flight command of a slot that just moved) then
+    broke those commands mid-write (under uvloop as a RuntimeError, "the handler is
+    closed", which nothing treats as transient). A MOVED still updates that slot's owner
+    (redis-py's move_slot), and connection errors still reload the whole topology.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except ClusterError as exc:
+            if "TTL exhausted" not in str(exc):
+                raise
+            raise TryAgainError(f"TRYAGAIN {args[0]!r}: redirects or TRYAGAIN did not settle within "
+                                f"{self.RedisClusterRequestTTL} tries (a slot is migrating)") from exc
+
+    def get_node(self, host: str | None = None, port: int | None = None,
+                 node_name: str | None = None) -> ClusterNode | None:
+        """An ASK redirect may name a master that serves no slot yet (a node just added, the
+        target of a migration): it is not in redis-py's node cache, which is built from
+        CLUSTER SLOTS, and redis-py then fails with AttributeError on None (redis-py issue
+        #4015). Looked up by name, such a node is added as a primary, as redis-py already
+        does for a MOVED to an unknown node."""
+        node = super().get_node(host, port, node_name)
+        if node is None and node_name and not (host and port) and ":" in node_name:
+            name_host, _, name_port = node_name.rpartition(":")
+            if name_port.isdigit():
+                manager = self.nodes_manager
+                node = ClusterNode(name_host, int(name_port), PRIMARY, **manager.connection_kwargs)
+                manager.set_nodes(manager.nodes_cache, {node.name: node})
+        return node
 
 
 def connect(url: str, **kwargs: Any) -> aioredis.Redis:
@@ -31,10 +78,12 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
     scheme, sep, rest = url.partition("://")
     try:
         if sep and scheme in CLUSTER_SCHEMES:
-            cluster = RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **kwargs)
+            kwargs.setdefault("reinitialize_steps", 0)  # why: _Cluster's docstring
+            cluster = _Cluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **kwargs)
             return cluster  # type: ignore[return-value]
         client = aioredis.Redis.from_url(url, **kwargs)
-        client.connection_pool.make_connection()  # builds, does not connect: checks the options now
+        # builds a connection object without connecting: the options are checked now
+        client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         return client
     except TypeError as exc:
         m = re.search(r"keyword argument '([^']+)'", str(exc))

@@ -129,13 +129,15 @@ class GroupReader:
                 reply = await self.redis.xautoclaim(
                     stream, self.group, self.consumer, min_idle_ms, self._cursors[stream], count=count
                 )
+            # TRANSIENT first: TryAgainError (a slot migrating, a failover) is a ResponseError too,
+            # and was re-raised as a crash of the loop instead of backing off.
+            except TRANSIENT as exc:
+                raise StoreUnavailable(f"redis unavailable reclaiming {stream}: {exc}") from exc
             except ResponseError as exc:
                 if not _group_lost(exc):
                     raise
                 await self.recover([stream], "XAUTOCLAIM")
                 continue
-            except TRANSIENT as exc:
-                raise StoreUnavailable(f"redis unavailable reclaiming {stream}: {exc}") from exc
             self._cursors[stream] = _s(reply[0])
             claimed = [(stream, _s(eid), fields) for eid, fields in reply[1] if fields is not None]
             if not claimed:
@@ -183,7 +185,10 @@ class GroupReader:
         pipe = self.redis.pipeline(transaction=False)
         for entry_id in ids:
             pipe.xpending_range(stream, self.group, min=entry_id, max=entry_id, count=1)
-        rows: Any = await pipe.execute()
+        try:
+            rows: Any = await pipe.execute()
+        except TRANSIENT as exc:  # as for the claim it follows: back off, do not crash the loop
+            raise StoreUnavailable(f"redis unavailable reading delivery counts of {stream}: {exc}") from exc
         return {
             _s(found[0]["message_id"]): int(found[0]["times_delivered"]) for found in rows if found
         }

@@ -36,11 +36,12 @@
 --                                       (the last event just written) and the folded state
 --     'F' k                             ZADD KEYS[k] (the partition's finished set) ts instance id
 --
--- Removals ('z', 's') and XACKs of the decisions written are done after the last decision:
--- ZREM or SREM of a set's last member deletes the key, and on Redis Cluster a script may
--- not touch a key it deleted while its slot is migrating ("non local key"), so no later
--- decision may find a set it needs re-created gone (every member names its instance, so
--- doing them last changes no outcome).
+-- The XACKs and removals ('z', 's') of the decisions written are done after the last
+-- decision: XACKs first, then one ZREM or SREM per key with all of its members. A removal
+-- of a set's last member deletes the key, and on Redis Cluster a script may not touch a
+-- key it deleted while its slot is migrating ("non local key": the script would stop half
+-- way, nothing rolled back), so each key is touched once after it may have been emptied.
+-- Every member names its instance, so doing them last changes no outcome.
 --
 -- Returns 3 items per decision, in order:
 --   1, new version, id of the last entry in the instance stream   written
@@ -55,8 +56,19 @@ local group, consumer = ARGV[1], ARGV[2]
 local feed, inbox, timers = KEYS[1], KEYS[2], KEYS[3]
 local ndecisions = tonumber(ARGV[4])
 local out = {}
-local removals = {}  -- {key, member}: ZREM for the timer set, SREM for the others
+local removals = {}  -- key -> members: ZREM for the timer set, SREM for the others
+local removal_keys = {}
 local acks = {}
+
+local function remove_later(key, member)
+  local members = removals[key]
+  if members == nil then
+    members = {}
+    removals[key] = members
+    removal_keys[#removal_keys + 1] = key
+  end
+  members[#members + 1] = member
+end
 
 if ARGV[3] == '1' then
   local holder = redis.call('GET', KEYS[4])
@@ -128,13 +140,13 @@ local function decide(pos)
       redis.call('ZADD', timers, ARGV[p + 1], ARGV[p + 2])
       p = p + 3
     elseif op == 'z' then
-      removals[#removals + 1] = {timers, ARGV[p + 1]}
+      remove_later(timers, ARGV[p + 1])
       p = p + 2
     elseif op == 'S' then
       redis.call('SADD', KEYS[tonumber(ARGV[p + 1])], ARGV[p + 2])
       p = p + 3
     elseif op == 's' then
-      removals[#removals + 1] = {KEYS[tonumber(ARGV[p + 1])], ARGV[p + 2]}
+      remove_later(KEYS[tonumber(ARGV[p + 1])], ARGV[p + 2])
       p = p + 3
     elseif op == 'P' then
       redis.call('HSET', KEYS[tonumber(ARGV[p + 1])], 'version', version, 'last_id', last_id, 'state', ARGV[p + 2])
@@ -168,14 +180,12 @@ for _ = 1, ndecisions do
   out[#out + 1] = b
   pos = next_pos
 end
-for _, r in ipairs(removals) do
-  if r[1] == timers then
-    redis.call('ZREM', r[1], r[2])
-  else
-    redis.call('SREM', r[1], r[2])
-  end
-end
-for i = 1, #acks, 500 do  -- unpack is bounded by Lua's C stack: ack in chunks
+for i = 1, #acks, 500 do  -- unpack is bounded by Lua's C stack: ack in chunks (XACK deletes nothing)
   redis.call('XACK', inbox, group, unpack(acks, i, math.min(i + 499, #acks)))
+end
+for _, key in ipairs(removal_keys) do
+  -- one command per key: a batch holds at most a few members per decision, far below
+  -- what unpack takes (about 8,000)
+  redis.call(key == timers and 'ZREM' or 'SREM', key, unpack(removals[key]))
 end
 return out
