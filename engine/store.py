@@ -65,6 +65,7 @@ class AppendRequest:
 
 
 OK, CONFLICT, NOT_OWNER, FENCED = 1, 0, -1, -2
+UNAVAILABLE = -3  # the call carrying this decision failed in transit: applied whole or not at all
 
 
 class AppendResult:
@@ -127,8 +128,14 @@ class Store:
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
 
-    async def run_many(self, name: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
-        """Pipeline many calls of one script; NOSCRIPT answers are loaded and re-run."""
+    async def run_many(self, name: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+                       *, partial: bool = False) -> list[Any]:
+        """Pipeline many calls of one script; NOSCRIPT answers are loaded and re-run.
+
+        StoreUnavailable when Redis does not answer; with ``partial``, only when no call got
+        through: a call that failed in transit (Redis Cluster: one node failing over while
+        the others answer) is returned as its exception, the others' replies as they are.
+        """
         if not calls:
             return []
         script = self.scripts[name]
@@ -137,8 +144,11 @@ class Store:
             results = await evalsha_many(self.redis, script.sha, script.source, calls, wait)
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
+        answered = partial and any(not isinstance(r, Exception) for r in results)
         for r in results:
             if isinstance(r, TRANSIENT):
+                if answered:
+                    continue
                 raise StoreUnavailable(f"redis unavailable running {name}.lua: {r}") from r
             if isinstance(r, Exception):
                 raise r
@@ -268,7 +278,8 @@ class Store:
     ) -> list[AppendResult]:
         """Apply decisions, one append.lua call per partition (each decision atomic on its
         own); fenced: only while this consumer holds each partition's lease. Results come
-        back in the order of ``reqs``."""
+        back in the order of ``reqs``; a decision whose call failed in transit while others
+        got through is UNAVAILABLE (StoreUnavailable when none got through)."""
         # One call per partition, and one decision per instance in a call: append.lua does a
         # call's removals last, which is only order-free across different instances.
         order: list[tuple[int, list[int]]] = []
@@ -281,9 +292,13 @@ class Store:
             call[0].append(i)
             call[1].add(r.instance_id)
         calls = [self._append_call(p, [reqs[i] for i in idx], group, consumer, fenced) for p, idx in order]
-        replies = await self.run_many("append", calls)
+        replies = await self.run_many("append", calls, partial=True)
         out: list[AppendResult | None] = [None] * len(reqs)
         for (_, idx), reply in zip(order, replies):
+            if isinstance(reply, Exception):
+                for i in idx:
+                    out[i] = AppendResult(UNAVAILABLE, entry_id=str(reply))
+                continue
             for j, i in enumerate(idx):
                 status, a, b = reply[3 * j: 3 * j + 3]
                 status = int(status)

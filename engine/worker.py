@@ -36,7 +36,7 @@ from .router import EventRouter, decode_event_fields, event_command
 from .leases import PartitionLeases
 from .preflight import preflight
 from .startup import prepare_when_reachable
-from .store import CONFLICT, FENCED, OK, AppendRequest, Store
+from .store import CONFLICT, FENCED, OK, UNAVAILABLE, AppendRequest, Store
 from .timers import TimerPoller
 from .trimming import trim_acknowledged
 
@@ -263,6 +263,7 @@ class EngineWorker:
         stale: set[str] = set()
         todo = groups
         waits: list[tuple[str, StepWaiting, int, str | None]] = []
+        unavailable = ""
         for _ in range(MAX_ROUNDS):
             if not todo:
                 break
@@ -317,6 +318,13 @@ class EngineWorker:
                         self.stats.diverged += 1
                     stale.add(iid)
                     todo[iid] = envs
+                elif res.status == UNAVAILABLE:
+                    # Its call failed in transit while others got through (one Redis Cluster
+                    # node failing over): applied whole or not at all, and its entries stay
+                    # pending until redelivered. The others' follow-ups (cache, catch-up of
+                    # their waits) still run below before the loop backs off.
+                    self.cache.drop(iid)
+                    unavailable = res.entry_id
                 elif res.status == FENCED:
                     # Our lease on this partition lapsed: its new owner claims these entries.
                     self.stats.fenced += 1
@@ -332,6 +340,8 @@ class EngineWorker:
             log.warning("gave up on %d instances after %d version conflicts; redelivery will retry", len(todo), MAX_ROUNDS)
         if waits:
             await self._catch_up(waits)
+        if unavailable:
+            raise StoreUnavailable(f"redis unavailable running append.lua for some partitions: {unavailable}")
 
     async def _catch_up(self, waits: list[tuple[str, StepWaiting, int, str | None]]) -> None:
         """Deliver events published after an instance started but before its wait began.

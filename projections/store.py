@@ -50,6 +50,8 @@ class ViewStore:
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable running project.lua: {exc}") from exc
         for r in results:
+            if isinstance(r, TRANSIENT):  # one call failed in transit (a cluster node failing over)
+                raise StoreUnavailable(f"redis unavailable running project.lua: {r}") from r
             if isinstance(r, Exception):
                 raise r
         return [[int(x) for x in r] for r in results]
