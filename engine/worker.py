@@ -36,7 +36,7 @@ from .router import EventRouter, decode_event_fields, event_command
 from .leases import PartitionLeases
 from .preflight import preflight
 from .startup import prepare_when_reachable
-from .store import CONFLICT, FENCED, OK, UNAVAILABLE, AppendRequest, Store
+from .store import CONFLICT, FENCED, OK, TRANSIENT, UNAVAILABLE, AppendRequest, Store
 from .timers import TimerPoller
 from .trimming import trim_acknowledged
 
@@ -358,7 +358,7 @@ class EngineWorker:
             pipe.sadd(self.keys.event_shapes(wait.event_type), encode_shape(shape))
             key = self.keys.event_index(wait.event_type, shape, [wait.filter[k] for k in shape])
             pipe.zrangebyscore(key, since, "+inf", start=0, num=16)
-        replies = await pipe.execute()
+        replies = await _execute(pipe, "looking up events published before a wait")
         found = []
         for (iid, wait, _, taken), ids in zip(waits, replies[1::2]):
             fresh = [i.decode() for i in ids if taken is None or entry_key(i.decode()) > entry_key(taken)]
@@ -369,7 +369,7 @@ class EngineWorker:
         pipe = self.redis.pipeline(transaction=False)
         for _, _, event_id in found:
             pipe.xrange(self.keys.events, min=event_id, max=event_id)
-        entries = await pipe.execute()
+        entries = await _execute(pipe, "reading events published before a wait")
         pipe = self.redis.pipeline(transaction=False)
         for (iid, wait, event_id), rows in zip(found, entries):
             if not rows:
@@ -380,7 +380,7 @@ class EngineWorker:
                 continue  # the router dead-letters it
             command = event_command(iid, wait.step, wait.attempt, etype, event_id, data, corr)
             pipe.xadd(self.keys.inbox(self.keys.partition(iid)), command)
-        await pipe.execute()
+        await _execute(pipe, "delivering events published before a wait")
 
     async def _tell_parents(self) -> None:
         """A sub-workflow that could not start fails its parent's step instead of leaving it waiting."""
@@ -393,7 +393,7 @@ class EngineWorker:
             pipe.xadd(self.keys.inbox(self.keys.partition(cmd.parent.id)),
                       command_fields("step.failed", cmd.parent.id, data, f"child:{child}:step.failed"))  # type: ignore[arg-type]
         self._orphans.clear()
-        await pipe.execute()
+        await _execute(pipe, "telling parents their child could not start")
 
     def _warn_if_large(self, before: State, events: list[Event], after: State,
                        now: int) -> tuple[list[Event], State]:
@@ -422,7 +422,10 @@ class EngineWorker:
         cutoff = self.clock() - self.settings.retention_ms
         retired = 0
         for p in sorted(self.leases.owned):
-            ids = await self.redis.zrangebyscore(self.keys.finished(p), "-inf", cutoff, start=0, num=500)
+            try:
+                ids = await self.redis.zrangebyscore(self.keys.finished(p), "-inf", cutoff, start=0, num=500)
+            except TRANSIENT as exc:
+                raise StoreUnavailable(f"redis unavailable reading finished instances: {exc}") from exc
             if not ids:
                 continue
             names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
@@ -431,7 +434,7 @@ class EngineWorker:
                 pipe.delete(self.keys.instance(iid, p), self.keys.snapshot(p, iid))
                 self.cache.drop(iid)
             pipe.zrem(self.keys.finished(p), *names)
-            await pipe.execute()
+            await _execute(pipe, "retiring finished instances")
             retired += len(names)
         self.stats.retired += retired
         return retired
@@ -565,3 +568,11 @@ class EngineWorker:
             log.warning("dead-lettered %s %s: %s", stream, entry_id, reason)
         await self.store.dead_letter_many(items, self.consumer, self.clock())
         self.stats.dead_lettered += len(poison)
+
+
+async def _execute(pipe: Any, what: str) -> Any:
+    """A pipeline's replies; StoreUnavailable (the loop backs off) when Redis does not answer."""
+    try:
+        return await pipe.execute()
+    except TRANSIENT as exc:
+        raise StoreUnavailable(f"redis unavailable {what}: {exc}") from exc
