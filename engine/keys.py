@@ -99,6 +99,10 @@ class Keys:
     def finished(self, p: int) -> str:
         return f"{self._tags[p]}:finished"
 
+    def catchups(self, p: int) -> str:
+        """Sorted set: event waits registered whose catch-up is not confirmed done yet."""
+        return f"{self._tags[p]}:catchup"
+
     def outbox(self, p: int) -> str:
         return f"{self._tags[p]}:outbox"
 

@@ -92,6 +92,8 @@ ENGINE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
      "Instances whose history crossed FOLDFLOW_HISTORY_WARN_EVENTS."),
     ("stats.retired", "counter", "foldflow_engine_retired_instances", "Finished instances whose streams were retired."),
     ("stats.trimmed", "counter", "foldflow_engine_trimmed_entries", "Acknowledged inbox and old event entries trimmed."),
+    ("stats.catchups_swept", "counter", "foldflow_engine_catchups_swept",
+     "Event-wait catch-ups a worker left unconfirmed (it died after its append), done by a sweep."),
     ("stats.unavailable", "counter", "foldflow_engine_redis_unavailable",
      "Engine loop turns that met an unavailable Redis: the batch in hand was dropped (it stays pending) and retried."),
     ("relay.relayed", "counter", "foldflow_relay_commands", "Commands relayed from the outbox to other partitions."),

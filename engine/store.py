@@ -45,12 +45,13 @@ class Script:
 class AppendRequest:
     """One instance's decision: events, effects and the inbox entries it answers."""
 
-    __slots__ = ("instance_id", "p", "expected", "expected_last", "entry_ids", "events", "effects", "ts", "snapshot")
+    __slots__ = ("instance_id", "p", "expected", "expected_last", "entry_ids", "events", "effects", "ts", "snapshot",
+                 "catchups")
 
     def __init__(
         self, instance_id: str, p: int, expected: int, entry_ids: Sequence[str],
         events: list[Event], effects: Effects, ts: int, snapshot: bytes | None = None,
-        expected_last: str | None = None,
+        expected_last: str | None = None, catchups: Sequence[str] = (),
     ) -> None:
         self.instance_id = instance_id
         self.p = p
@@ -62,6 +63,8 @@ class AppendRequest:
         self.effects = effects
         self.ts = ts
         self.snapshot = snapshot  # the folded state after these events, when one is due
+        # members for {ff:p}:catchup: the event waits these events register, until caught up
+        self.catchups = catchups
 
 
 OK, CONFLICT, NOT_OWNER, FENCED = 1, 0, -1, -2
@@ -353,6 +356,8 @@ class Store:
             for target, command in fx.outbox:
                 ops += ("O", ref(k.outbox(p)), target, command["type"], command["id"], command["data"],
                         command["cmd_id"])
+            for member in r.catchups:
+                ops += ("C", ref(k.catchups(p)), member)
             args.append(len(ops))
             args += ops
         return keys, args

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
+import orjson
 import redis.asyncio as aioredis
 
 from .catalog import Catalog
@@ -29,7 +30,9 @@ from .effects import plan
 from .errors import PoisonMessage, StoreUnavailable
 from .keys import ENGINE_GROUP, Keys, encode_shape, entry_key, filter_shape, wait_signature
 from .evolve import fold
-from .model import INITIAL, STATUS_NONE, Envelope, Event, HistoryLarge, StartWorkflow, State, StepWaiting, encode
+from .model import (
+    INITIAL, STATUS_NONE, Envelope, Event, HistoryLarge, StartWorkflow, State, StepWaiting, decode_event, encode,
+)
 from .relay import OutboxRelay
 from .schema import violations
 from .router import EventRouter, decode_event_fields, event_command
@@ -96,6 +99,7 @@ class Stats:
         self.retired = 0  # finished instances whose streams were retired
         self.trimmed = 0  # acknowledged inbox and old event entries trimmed
         self.unavailable = 0  # loop turns that met an unavailable Redis (their batch dropped, retried)
+        self.catchups_swept = 0  # event-wait catch-ups a worker left unconfirmed, done by the sweep
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -178,6 +182,7 @@ class EngineWorker:
                 if loop.time() >= next_reclaim:
                     next_reclaim = loop.time() + reclaim_every
                     await self.reclaim()
+                    await self.sweep_catchups()
                 if loop.time() >= next_retire:
                     next_retire = loop.time() + RETIRE_EVERY_S
                     await self.retire()
@@ -262,7 +267,7 @@ class EngineWorker:
     async def _apply(self, groups: dict[str, list[Envelope]], by_id: dict[str, Entry]) -> None:
         stale: set[str] = set()
         todo = groups
-        waits: list[tuple[str, StepWaiting, int, str | None]] = []
+        waits: list[Wait] = []
         unavailable = ""
         for _ in range(MAX_ROUNDS):
             if not todo:
@@ -271,6 +276,7 @@ class EngineWorker:
             await self._prefetch_definitions(todo, states)
             reqs: list[AppendRequest] = []
             after: list[tuple[str, list[Envelope], State]] = []
+            registered: list[list[Wait]] = []  # per request: the event waits its events register
             poison: list[tuple[Entry, str]] = []
             now = self.clock()
             for iid, envs in todo.items():
@@ -284,9 +290,12 @@ class EngineWorker:
                 p = self.keys.partition(iid)
                 events, new_state = self._warn_if_large(state, events, new_state, now)
                 fx = plan(state, events, self.keys, p)
+                new_waits = [_wait(iid, e, new_state) for e in events if isinstance(e, StepWaiting)]
                 reqs.append(AppendRequest(iid, p, state.version, [e.entry_id for e in kept], events, fx, now,
-                                          self._snapshot(state, new_state), lasts.get(iid)))
+                                          self._snapshot(state, new_state), lasts.get(iid),
+                                          [w[4] for w in new_waits]))
                 after.append((iid, kept, new_state))
+                registered.append(new_waits)
             if poison:
                 await self._dead_letter(poison)
             if self._orphans:
@@ -294,7 +303,7 @@ class EngineWorker:
             results = await self.store.append_many(reqs, ENGINE_GROUP, self.consumer, fenced=True)
             todo = {}
             stale = set()
-            for req, (iid, envs, new_state), res in zip(reqs, after, results):
+            for req, (iid, envs, new_state), new_waits, res in zip(reqs, after, registered, results):
                 if res.status == OK:
                     cached = self.cache.get(iid)
                     last = res.last_id or (cached[1] if cached else None)
@@ -304,9 +313,7 @@ class EngineWorker:
                     self.stats.events += len(req.events)
                     if not req.events:
                         self.stats.ignored += len(envs)
-                    waits += [(iid, e, new_state.created_ms or 0,
-                               new_state.last_events.get(wait_signature(e.event_type, e.filter)))
-                              for e in req.events if isinstance(e, StepWaiting)]
+                    waits += new_waits
                 elif res.status == CONFLICT:
                     self.stats.conflicts += 1
                     if res.version <= req.expected:
@@ -343,7 +350,45 @@ class EngineWorker:
         if unavailable:
             raise StoreUnavailable(f"redis unavailable running append.lua for some partitions: {unavailable}")
 
-    async def _catch_up(self, waits: list[tuple[str, StepWaiting, int, str | None]]) -> None:
+    async def _catch_up(self, waits: list[Wait]) -> None:
+        """Deliver events published after an instance started but before its wait began,
+        then strike the waits off the partitions' catch-up sets.
+
+        append.lua added each wait to ``{ff:p}:catchup`` with the wait itself, so a worker
+        that dies before this is done leaves it there, and whoever holds the partition
+        does it in ``sweep_catchups``. Delivering twice is harmless (a repeat is ignored).
+        """
+        await self._deliver_early_events(waits)
+        pipe = self.redis.pipeline(transaction=False)
+        for iid, _, _, _, member in waits:
+            pipe.zrem(self.keys.catchups(self.keys.partition(iid)), member)
+        await _execute(pipe, "confirming event-wait catch-ups")
+
+    async def sweep_catchups(self) -> int:
+        """Catch up the event waits of this worker's partitions whose catch-up was not confirmed
+        within CATCHUP_GRACE_MS (their worker died between its append and the catch-up)."""
+        cutoff = self.clock() - CATCHUP_GRACE_MS
+        found: list[Wait] = []
+        for p in sorted(self.leases.owned):
+            try:
+                members = await self.redis.zrangebyscore(self.keys.catchups(p), "-inf", cutoff, start=0, num=256)
+            except TRANSIENT as exc:
+                raise StoreUnavailable(f"redis unavailable reading catch-ups: {exc}") from exc
+            for raw in members:
+                member = raw.decode() if isinstance(raw, bytes) else str(raw)
+                wait = _decode_wait(member)
+                if wait is None:
+                    log.error("dropping an unreadable catch-up member of partition %d: %r", p, member[:200])
+                    await self.redis.zrem(self.keys.catchups(p), member)
+                    continue
+                found.append(wait)
+        if found:
+            await self._catch_up(found)
+            self.stats.catchups_swept += len(found)
+            log.warning("caught up %d event waits a worker left unconfirmed", len(found))
+        return len(found)
+
+    async def _deliver_early_events(self, waits: list[Wait]) -> None:
         """Deliver events published after an instance started but before its wait began.
 
         The router indexes every event under the filter shapes definitions wait
@@ -353,14 +398,14 @@ class EngineWorker:
         an earlier wait of the same instance already took does not count again.
         """
         pipe = self.redis.pipeline(transaction=False)
-        for _, wait, since, _ in waits:
+        for _, wait, since, _, _ in waits:
             shape = filter_shape(wait.filter)
             pipe.sadd(self.keys.event_shapes(wait.event_type), encode_shape(shape))
             key = self.keys.event_index(wait.event_type, shape, [wait.filter[k] for k in shape])
             pipe.zrangebyscore(key, since, "+inf", start=0, num=16)
         replies = await _execute(pipe, "looking up events published before a wait")
         found = []
-        for (iid, wait, _, taken), ids in zip(waits, replies[1::2]):
+        for (iid, wait, _, taken, _), ids in zip(waits, replies[1::2]):
             fresh = [i.decode() for i in ids if taken is None or entry_key(i.decode()) > entry_key(taken)]
             if fresh:
                 found.append((iid, wait, fresh[0]))
@@ -576,3 +621,28 @@ async def _execute(pipe: Any, what: str) -> Any:
         return await pipe.execute()
     except TRANSIENT as exc:
         raise StoreUnavailable(f"redis unavailable {what}: {exc}") from exc
+
+
+# An event wait to catch up: instance id, the wait, the instance's creation (ms; events
+# before it do not count), the id of the event an earlier wait took (or None), and its
+# member in {ff:p}:catchup.
+Wait = tuple[str, StepWaiting, int, "str | None", str]
+CATCHUP_GRACE_MS = 5_000  # an append's own catch-up takes milliseconds; older is left over
+
+
+def _wait(iid: str, wait: StepWaiting, state: State) -> Wait:
+    since = state.created_ms or 0
+    taken = state.last_events.get(wait_signature(wait.event_type, wait.filter))
+    member = orjson.dumps([iid, since, taken, encode(wait).decode()]).decode()
+    return iid, wait, since, taken, member
+
+
+def _decode_wait(member: str) -> Wait | None:
+    try:
+        iid, since, taken, raw = orjson.loads(member)
+        wait = decode_event(raw)
+    except Exception:  # noqa: BLE001 - any defect: the member is unreadable
+        return None
+    if not isinstance(wait, StepWaiting) or not isinstance(iid, str) or not isinstance(since, int):
+        return None
+    return iid, wait, since, taken if isinstance(taken, str) else None, member

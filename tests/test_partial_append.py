@@ -66,7 +66,7 @@ def test_the_calls_that_got_through_keep_their_follow_ups(prefix: str, monkeypat
         caught: list[tuple[str, StepWaiting]] = []
 
         async def catch_up(waits: list[Any]) -> None:
-            caught.extend((iid, wait) for iid, wait, _, _ in waits)
+            caught.extend((iid, wait) for iid, wait, _, _, _ in waits)
 
         monkeypatch.setattr(worker, "_catch_up", catch_up)
         monkeypatch.setattr(store_module, "evalsha_many",

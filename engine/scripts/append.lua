@@ -35,6 +35,9 @@
 --     'P' k state                       HSET KEYS[k] (the instance's snapshot): version, last_id
 --                                       (the last event just written) and the folded state
 --     'F' k                             ZADD KEYS[k] (the partition's finished set) ts instance id
+--     'C' k member                      ZADD KEYS[k] (the partition's catch-up set) ts member: an event
+--                                       wait registered here whose catch-up the worker confirms
+--                                       after the call (a crash in between leaves it for a sweep)
 --
 -- The XACKs and removals ('z', 's') of the decisions written are done after the last
 -- decision: XACKs first, then one ZREM or SREM per key with all of its members. A removal
@@ -154,6 +157,9 @@ local function decide(pos)
     elseif op == 'F' then
       redis.call('ZADD', KEYS[tonumber(ARGV[p + 1])], ts, instance_id)
       p = p + 2
+    elseif op == 'C' then
+      redis.call('ZADD', KEYS[tonumber(ARGV[p + 1])], ts, ARGV[p + 2])
+      p = p + 3
     elseif op == 'O' then
       redis.call('XADD', KEYS[tonumber(ARGV[p + 1])], '*', 'target', ARGV[p + 2], 'type', ARGV[p + 3],
         'id', ARGV[p + 4], 'data', ARGV[p + 5], 'cmd_id', ARGV[p + 6])
