@@ -70,8 +70,6 @@ async def _candidates(redis: aioredis.Redis, keys: Keys, parts: Sequence[int], d
                       tasks: dict[str, tuple[int, str]], listed: Sequence[str] = (),
                       ) -> tuple[set[str], dict[tuple[str, str, int], TaskSeen]]:
     ids: set[str] = set()
-    for key in listed:
-        ids.update(_s(m) for m in await redis.zrange(key, 0, -1))
     seen_tasks: dict[tuple[str, str, int], TaskSeen] = {}
     wanted = set(parts)
     pattern = "{" + _glob_escape(keys.prefix) + ":*}:wait:*"
@@ -99,11 +97,16 @@ async def _candidates(redis: aioredis.Redis, keys: Keys, parts: Sequence[int], d
     pipe = redis.pipeline(transaction=False)
     for p in parts:
         pipe.zrange(keys.timers(p), 0, -1)
-    for members in await pipe.execute():
+    for key in listed:
+        pipe.zrange(key, 0, -1)
+    replies = await pipe.execute()
+    for members in replies[:len(parts)]:
         for m in members:
             lines = _s(m).split("\n")
             if len(lines) >= 3:
                 ids.add(lines[2])
+    for members in replies[len(parts):]:
+        ids.update(_s(m) for m in members)
     if deep:
         for p in parts:
             cursor = "-"

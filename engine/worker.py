@@ -358,38 +358,43 @@ class EngineWorker:
         that dies before this is done leaves it there, and whoever holds the partition
         does it in ``sweep_catchups``. Delivering twice is harmless (a repeat is ignored).
         """
-        await self._deliver_early_events(waits)
         pipe = self.redis.pipeline(transaction=False)
-        for iid, _, _, _, member in waits:
+        await self._deliver_early_events(waits, pipe)
+        for iid, _, _, _, member in waits:  # after the deliveries, in the same round trip
             pipe.zrem(self.keys.catchups(self.keys.partition(iid)), member)
-        await _execute(pipe, "confirming event-wait catch-ups")
+        await _execute(pipe, "delivering events published before a wait")
 
     async def sweep_catchups(self) -> int:
         """Catch up the event waits of this worker's partitions whose catch-up was not confirmed
         within CATCHUP_GRACE_MS (their worker died between its append and the catch-up)."""
         cutoff = self.clock() - CATCHUP_GRACE_MS
+        owned = sorted(self.leases.owned)
+        pipe = self.redis.pipeline(transaction=False)
+        for p in owned:
+            pipe.zrangebyscore(self.keys.catchups(p), "-inf", cutoff, start=0, num=256)
+        replies = await _execute(pipe, "reading catch-ups")
         found: list[Wait] = []
-        for p in sorted(self.leases.owned):
-            try:
-                members = await self.redis.zrangebyscore(self.keys.catchups(p), "-inf", cutoff, start=0, num=256)
-            except TRANSIENT as exc:
-                raise StoreUnavailable(f"redis unavailable reading catch-ups: {exc}") from exc
+        unreadable = self.redis.pipeline(transaction=False)
+        for p, members in zip(owned, replies):
             for raw in members:
                 member = raw.decode() if isinstance(raw, bytes) else str(raw)
                 wait = _decode_wait(member)
                 if wait is None:
                     log.error("dropping an unreadable catch-up member of partition %d: %r", p, member[:200])
-                    await self.redis.zrem(self.keys.catchups(p), member)
+                    unreadable.zrem(self.keys.catchups(p), member)
                     continue
                 found.append(wait)
+        if len(unreadable):
+            await _execute(unreadable, "dropping unreadable catch-ups")
         if found:
             await self._catch_up(found)
             self.stats.catchups_swept += len(found)
             log.warning("caught up %d event waits a worker left unconfirmed", len(found))
         return len(found)
 
-    async def _deliver_early_events(self, waits: list[Wait]) -> None:
-        """Deliver events published after an instance started but before its wait began.
+    async def _deliver_early_events(self, waits: list[Wait], deliver: Any) -> None:
+        """Add to the pipeline ``deliver`` the events published after an instance started
+        but before its wait began, as event commands for its inbox.
 
         The router indexes every event under the filter shapes definitions wait
         with before it looks for open waits; we look in that index after the wait
@@ -415,7 +420,6 @@ class EngineWorker:
         for _, _, event_id in found:
             pipe.xrange(self.keys.events, min=event_id, max=event_id)
         entries = await _execute(pipe, "reading events published before a wait")
-        pipe = self.redis.pipeline(transaction=False)
         for (iid, wait, event_id), rows in zip(found, entries):
             if not rows:
                 continue  # trimmed away since it was indexed
@@ -424,8 +428,7 @@ class EngineWorker:
             except ValueError:
                 continue  # the router dead-letters it
             command = event_command(iid, wait.step, wait.attempt, etype, event_id, data, corr)
-            pipe.xadd(self.keys.inbox(self.keys.partition(iid)), command)
-        await _execute(pipe, "delivering events published before a wait")
+            deliver.xadd(self.keys.inbox(self.keys.partition(iid)), command)
 
     async def _tell_parents(self) -> None:
         """A sub-workflow that could not start fails its parent's step instead of leaving it waiting."""

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.config import Settings  # noqa: E402
-from engine.embedded import RedisServer  # noqa: E402
+from engine.embedded import RedisClusterServer, RedisServer  # noqa: E402
 
 EXAMPLES = ROOT / "engine" / "examples"
 T = TypeVar("T")
@@ -103,3 +103,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def started_cluster(**kwargs: Any) -> Iterator[RedisClusterServer]:
+    """A throwaway Redis Cluster for a fixture to ``yield from`` (stopped after); skipped
+    locally, failed under CI, without redis-server and redis-cli."""
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        if os.environ.get("CI"):
+            pytest.fail("CI needs redis-server and redis-cli for the cluster suite")
+        pytest.skip("redis-server/redis-cli not on PATH")
+    server = RedisClusterServer(**kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()

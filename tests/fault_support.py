@@ -186,12 +186,15 @@ async def pending_total(redis: aioredis.Redis, streams: Iterable[str], group: st
     return n
 
 
-async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1) -> Any:
+async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1,
+                ok: Callable[[Any], bool] = bool) -> Any:
+    """Poll ``check()`` until ``ok`` of its value (truthy by default), and return that value;
+    the timeout only stops a hang (no wall-clock claim)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         last = await check()
-        if last:
+        if ok(last):
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")

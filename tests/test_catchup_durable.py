@@ -65,7 +65,7 @@ def test_a_wait_whose_worker_died_before_its_catch_up_is_swept(cluster_backend: 
         events = await worker.redis.xrange(worker.keys.events)
         assert await worker.router.route([(worker.keys.events, e.decode(), f) for e, f in events]) == 0
 
-        async def died(waits: Any) -> None:
+        async def died(*_: Any) -> None:
             raise RuntimeError("the worker died before its catch-up")
 
         monkeypatch.setattr(worker, "_deliver_early_events", died)

@@ -5,8 +5,6 @@ read side, the worker crash test, and a master failover."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +23,7 @@ from engine.keys import Keys
 from projections.queries import Queries
 from projections.runner import Projector
 
-from .conftest import EXAMPLES, ROOT, run
+from .conftest import EXAMPLES, ROOT, run, started_cluster
 from .helpers import Cluster, check_history
 from .test_crash import sigkill_scenario, worker_env
 from .test_language import REGISTRATION, registration_services
@@ -35,16 +33,8 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServer]:
-    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
-        if os.environ.get("CI"):
-            pytest.fail("CI needs redis-server and redis-cli for the cluster suite")
-        pytest.skip("redis-server/redis-cli not on PATH")
     # 2 s: on a loaded machine a 1 s node timeout has seen a starved master failed over
-    server = RedisClusterServer(masters=3, replicas=1, node_timeout_ms=2000).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from started_cluster(masters=3, replicas=1, node_timeout_ms=2000)
 
 
 @pytest.fixture
@@ -164,12 +154,7 @@ def test_worker_sigkill_on_the_cluster(csettings: Settings, agent_example: bytes
 @pytest.fixture
 def own_cluster() -> Iterator[RedisClusterServer]:
     """A cluster of its own: the failover test kills one of its masters."""
-    # 2 s: on a loaded machine a 1 s node timeout has seen a starved master failed over
-    server = RedisClusterServer(masters=3, replicas=1, node_timeout_ms=2000).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from started_cluster(masters=3, replicas=1, node_timeout_ms=2000)  # 2 s: as for `cluster`
 
 
 def test_a_master_failover_is_survived(own_cluster: RedisClusterServer, tmp_path: Path) -> None:

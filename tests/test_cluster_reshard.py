@@ -17,7 +17,6 @@ append.lua (each failed before those scripts were changed to remove last).
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import subprocess
@@ -34,7 +33,8 @@ from engine.embedded import RedisClusterServer, RedisServer, _cluster_port
 from engine.keys import ACTIVITY_GROUP, ENGINE_GROUP, RELAY_GROUP, Keys
 from engine.store import TRANSIENT
 
-from .fault_support import Procs, check_all, completed_count, histories, pending_total, start_many
+from .conftest import started_cluster
+from .fault_support import Procs, check_all, completed_count, histories, pending_total, start_many, until
 from .test_crash import worker_env
 
 pytestmark = pytest.mark.redis
@@ -56,16 +56,9 @@ FLOW = {"name": "reshard", "version": "1", "definition": {"steps": [
 @pytest.fixture
 def reshard_cluster() -> Iterator[RedisClusterServer]:
     """A cluster of its own (3 masters, no replicas): the test adds a master and moves slots."""
-    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
-        if os.environ.get("CI"):
-            pytest.fail("CI needs redis-server and redis-cli for the cluster suite")
-        pytest.skip("redis-server/redis-cli not on PATH")
-    # 2 s: on a loaded machine a 1 s node timeout has seen a starved master failed over
-    server = RedisClusterServer(masters=3, replicas=0, node_timeout_ms=2000).start()
-    try:
-        yield server
-    finally:
-        server.stop()  # stops the added node too: it is appended to server.nodes
+    # 2 s: on a loaded machine a 1 s node timeout has seen a starved master failed over; stopping
+    # the cluster stops the added node too (it is appended to its nodes)
+    yield from started_cluster(masters=3, replicas=0, node_timeout_ms=2000)
 
 
 def _sync(port: int) -> redis.Redis:
@@ -205,8 +198,8 @@ def test_resharding_under_load_loses_nothing(reshard_cluster: RedisClusterServer
         await client.register(FLOW)
         feeder = asyncio.create_task(feed())
         try:
-            await _until(lambda: completed_count(r, keys, list(ids)), lambda n: n >= 50, 120,
-                         "the first instances complete")
+            await until(lambda: completed_count(r, keys, list(ids)), 120, "the first instances complete",
+                        ok=lambda n: n >= 50)
             new = await asyncio.to_thread(add_master, cluster)
             slots = {p: int(_cmd(cluster.nodes[0].port, "CLUSTER", "KEYSLOT", keys.tag(p))) for p in range(8)}
             owners = {p: _slot_owner(cluster.nodes[0].port, s) for p, s in slots.items()}
@@ -227,8 +220,8 @@ def test_resharding_under_load_loses_nothing(reshard_cluster: RedisClusterServer
             move_done = time.monotonic()
             feeding.clear()
             await feeder
-            await _until(lambda: completed_count(r, keys, ids), lambda n: n == len(ids), 180,
-                         "every instance completes")
+            await until(lambda: completed_count(r, keys, ids), 180, "every instance completes",
+                        ok=lambda n: n == len(ids))
             finished = time.monotonic()
 
             # the moved partitions live on the new node now, every key of them
@@ -254,8 +247,8 @@ def test_resharding_under_load_loses_nothing(reshard_cluster: RedisClusterServer
             assert not any(dlq.values()), (dlq, await r.xrange(keys.dlq(next(p for p, n in dlq.items() if n))))
             assert await r.xlen(f"{keys.events}:dlq") == 0
             # the projector followed the moved feeds too: nothing of them left pending
-            await _until(lambda: pending_total(r, [keys.feed(p) for p in range(8)], "proj:executions"),
-                         lambda n: n == 0, 60, "the projector drains the feeds")
+            await until(lambda: pending_total(r, [keys.feed(p) for p in range(8)], "proj:executions"), 60,
+                        "the projector drains the feeds", ok=lambda n: n == 0)
 
             failed = [e["data"] for h in hist.values() for e in h if e["type"] == "workflow.step_failed"]
             report.update(
@@ -302,17 +295,6 @@ def test_resharding_under_load_loses_nothing(reshard_cluster: RedisClusterServer
     assert not crashed, "\n".join(crashed.values())[-6000:]
 
 
-async def _until(probe: Any, ok: Any, timeout: float, what: str) -> Any:
-    """Poll ``probe()`` until ``ok(value)``; the timeout only stops a hang (no wall-clock claim)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s (last: {value!r})"
-        await asyncio.sleep(0.1)
-
-
 # -- one script call on a migrating slot ------------------------------------------------------
 # While a slot is MIGRATING, its source node runs a script only when every key in KEYS is
 # still there; inside the script, each command is checked again, and a command on a key the
@@ -323,15 +305,7 @@ async def _until(probe: Any, ok: Any, timeout: float, what: str) -> Any:
 
 @pytest.fixture(scope="module")
 def small_cluster() -> Iterator[RedisClusterServer]:
-    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
-        if os.environ.get("CI"):
-            pytest.fail("CI needs redis-server and redis-cli for the cluster suite")
-        pytest.skip("redis-server/redis-cli not on PATH")
-    server = RedisClusterServer(masters=3, replicas=0, node_timeout_ms=2000).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from started_cluster(masters=3, replicas=0, node_timeout_ms=2000)
 
 
 class _Migrating:
