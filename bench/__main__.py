@@ -16,12 +16,13 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
-from engine.embedded import RedisServer
+from engine.dev.embedded import RedisServer
 
 from . import foldflow_cases as fc
 from . import history, peer_celery, peer_dbos, projection_case
@@ -62,7 +63,7 @@ class Runner:
             self.results[key] = {"case": number, "skipped": str(exc)}
             print(f"[bench]   skipped: {exc}", file=sys.stderr, flush=True)
             return None
-        except Exception as exc:  # noqa: BLE001 - one broken case must not lose the others
+        except Exception as exc:
             self.results[key] = {"case": number, "failed": f"{type(exc).__name__}: {exc}",
                                  "traceback": traceback.format_exc()[-3000:], "runs": raws}
             print(f"[bench]   FAILED: {exc}", file=sys.stderr, flush=True)

@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import uvloop
 
-from engine.connection import connect
-from engine.embedded import RedisServer
+from engine.dev.embedded import RedisServer
+from engine.store.connection import connect
 
 from .foldflow_cases import throughput
 

@@ -11,15 +11,16 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from engine.config import Settings
-from engine.keys import Keys
+from engine.store.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -150,9 +151,9 @@ def foldflow_workers(settings: Settings, engines: int, activities: int,
     """Engine and activity worker processes (the CLI, as users run them); stopped on exit."""
     env = worker_env(settings, extra_env)
     procs = {
-        "engine": [subprocess.Popen([sys.executable, "-m", "engine.cli", "worker"], env=env, cwd=ROOT)
+        "engine": [subprocess.Popen([sys.executable, "-m", "engine.ops.cli", "worker"], env=env, cwd=ROOT)
                    for _ in range(engines)],
-        "activities": [subprocess.Popen([sys.executable, "-m", "engine.cli", "activities", "--module",
+        "activities": [subprocess.Popen([sys.executable, "-m", "engine.ops.cli", "activities", "--module",
                                          "bench.handlers"], env=env, cwd=ROOT) for _ in range(activities)],
     }
     try:
@@ -190,7 +191,7 @@ async def wait_for_task_groups(redis: aioredis.Redis, keys: Keys, queue: str, ti
         try:
             if await redis.xinfo_groups(stream):
                 return
-        except Exception:  # noqa: BLE001 - the stream does not exist yet
+        except Exception:
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"activity worker did not start within {timeout}s")

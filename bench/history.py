@@ -28,8 +28,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from engine.client import Client
-from engine.keys import Keys
-from engine.worker import EngineWorker
+from engine.store.keys import Keys
+from engine.workers.engine import EngineWorker
 
 from .harness import bench_settings
 

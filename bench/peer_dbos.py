@@ -102,7 +102,7 @@ def run(workflows: int, timeout: float = 600.0) -> dict[str, Any]:
         raise Skip(f"dbos is not installed ({exc}); pip install dbos") from exc
     try:
         _reset_database()
-    except Exception as exc:  # noqa: BLE001 - any failure here means no usable Postgres
+    except Exception as exc:
         raise Skip(f"no PostgreSQL answering at 127.0.0.1:5432 as user postgres: {exc}") from exc
     url = f"postgresql://postgres@127.0.0.1:5432/{DB}"
     proc = subprocess.run([sys.executable, "-m", "bench.peer_dbos", url, str(workflows)], cwd=ROOT,

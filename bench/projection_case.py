@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from engine.client import Client
-from engine.keys import Keys
+from engine.store.keys import Keys
 
 from .foldflow_cases import QUEUE, STEPS, _count_completed, linear_definition, start_fields
 from .harness import ROOT, Skip, bench_settings, foldflow_workers, percentile, wait_for_leases, wait_for_task_groups, worker_env
@@ -24,14 +24,14 @@ from .harness import ROOT, Skip, bench_settings, foldflow_workers, percentile, w
 
 def available() -> None:
     """Raise Skip, saying why, unless a runnable projector exists."""
-    probe = subprocess.run([sys.executable, "-m", "engine.cli", "projector", "--help"], cwd=ROOT,
+    probe = subprocess.run([sys.executable, "-m", "engine.ops.cli", "projector", "--help"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         try:
             import projections
 
             have = sorted(p.stem for p in __import__("pathlib").Path(projections.__file__).parent.glob("*.py"))
-        except Exception as exc:  # noqa: BLE001 - the package itself may be mid-change
+        except Exception as exc:
             have = [f"(projections does not import: {exc})"]
         raise Skip("no runnable projector: `foldflow projector --help` failed "
                    f"({(probe.stderr.strip().splitlines() or ['?'])[-1][:200]}); projections/ holds {have}")
@@ -70,7 +70,7 @@ async def run(url: str, instances: int, timeout: float = 600.0) -> dict[str, Any
     redis = aioredis.Redis.from_url(url)
     client = Client(redis, settings)
     await client.register(linear_definition())
-    projector = subprocess.Popen([sys.executable, "-m", "engine.cli", "projector"], env=worker_env(settings),
+    projector = subprocess.Popen([sys.executable, "-m", "engine.ops.cli", "projector"], env=worker_env(settings),
                                  cwd=ROOT, stderr=subprocess.PIPE)
     try:
         with foldflow_workers(settings, 1, 1):

@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.config import Settings  # noqa: E402
-from engine.embedded import RedisServer  # noqa: E402
-from engine.keys import Keys  # noqa: E402
-from engine.model import StepCompleted, StepScheduled, WorkflowCompleted, WorkflowCreated, WorkflowStarted, encode  # noqa: E402
-from engine.store import event_type  # noqa: E402
+from engine.core.model import StepCompleted, StepScheduled, WorkflowCompleted, WorkflowCreated, WorkflowStarted, encode  # noqa: E402
+from engine.dev.embedded import RedisServer  # noqa: E402
+from engine.store.events import event_type  # noqa: E402
+from engine.store.keys import Keys  # noqa: E402
 from projections import PROJECTIONS, Projector  # noqa: E402
 
 
@@ -92,7 +92,7 @@ async def under_load(url: str, instances: int) -> dict[str, Any]:
     settings = Settings(redis_url=url, prefix="bp2", partitions=8, block_ms=50, timer_poll_ms=20)
     projector = Projector(aioredis.Redis.from_url(url), settings)
     await projector.prepare()
-    body = (ROOT / "engine" / "examples" / "agent-task-execution.json").read_bytes()
+    body = (ROOT / "engine" / "dev" / "examples" / "agent-task-execution.json").read_bytes()
     async with Cluster(lambda: aioredis.Redis.from_url(url), settings) as cluster:
         task = asyncio.create_task(projector.run())
         definition, _ = await cluster.client.register(body)

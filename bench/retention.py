@@ -17,8 +17,8 @@ import time
 import orjson
 import uvloop
 
-from engine.connection import connect
-from engine.embedded import RedisServer
+from engine.dev.embedded import RedisServer
+from engine.store.connection import connect
 
 from .foldflow_cases import throughput
 from .harness import REDIS_ARGS, ROOT
@@ -48,7 +48,7 @@ def main() -> None:
             settings_env["FOLDFLOW_PREFIX"] = prefix
         import os
 
-        worker = subprocess.Popen([sys.executable, "-m", "engine.cli", "worker"], env={**os.environ, **settings_env},
+        worker = subprocess.Popen([sys.executable, "-m", "engine.ops.cli", "worker"], env={**os.environ, **settings_env},
                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(5)
         worker.terminate()

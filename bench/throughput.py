@@ -14,7 +14,7 @@ import statistics
 import orjson
 import uvloop
 
-from engine.embedded import RedisServer
+from engine.dev.embedded import RedisServer
 
 from .foldflow_cases import throughput
 from .harness import REDIS_ARGS

@@ -1,12 +1,13 @@
 """foldflow's write side: a durable workflow engine whose instances are
 event-sourced actors on Redis Streams (streams.md is the wire contract)."""
 
-from .activities import Registry, StepError, activity, default_registry
-from .client import Client
-from .config import Settings, from_env
-from .decider import decide
-from .definition import Definition, DefinitionError, parse_definition
-from .errors import (
+from engine.client import Client
+from engine.config import Settings, from_env
+from engine.core.decide import decide
+from engine.core.definition import Definition, DefinitionError, parse_definition
+from engine.core.evolve import evolve, fold
+from engine.core.model import Task
+from engine.errors import (
     ConfigError,
     DefinitionConflict,
     EngineError,
@@ -17,8 +18,7 @@ from .errors import (
     UnknownInstance,
     UnknownWorkflow,
 )
-from .evolve import evolve, fold
-from .model import Task
+from engine.workers.activities import Registry, StepError, activity, default_registry
 
 __all__ = [
     "Client",

@@ -7,31 +7,30 @@ so a service in any other language can do the same with redis-cli.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
-from .catalog import Catalog
-from .codec import MAX_CMD_ID_CHARS, MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS, command_fields
-from .config import Settings
-from .definition import Definition, version_sort_key
-from .errors import InvalidInput, UnknownInstance, UnknownWorkflow
-from .evolve import fold_stored
-from .keys import INSTANCE_ID_RE, Keys
-from .model import INITIAL, STATUS_NONE, TERMINAL, State, encode
-from .schema import violations
-from .store import Store, event_type
-from .connection import connect
+from engine.config import Settings
+from engine.core.codec import MAX_CMD_ID_CHARS, MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS, command_fields
+from engine.core.definition import Definition, version_sort_key
+from engine.core.evolve import fold_stored
+from engine.core.language.schema import violations
+from engine.core.model import INITIAL, STATUS_NONE, TERMINAL, State, encode
+from engine.errors import InvalidInput, UnknownInstance, UnknownWorkflow
+from engine.store.catalog import Catalog
+from engine.store.connection import Redis, connect
+from engine.store.events import Store, event_type
+from engine.store.keys import INSTANCE_ID_RE, Keys
 
 FINAL_STATUSES = frozenset(TERMINAL | {"failed"})
 
 
 class Client:
-    def __init__(self, redis: aioredis.Redis, settings: Settings | None = None) -> None:
+    def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.redis = redis
         self.keys = Keys(self.settings.prefix, self.settings.partitions)
@@ -39,7 +38,7 @@ class Client:
         self.catalog = Catalog(self.store)
 
     @classmethod
-    def from_url(cls, url: str, settings: Settings | None = None) -> "Client":
+    def from_url(cls, url: str, settings: Settings | None = None) -> Client:
         return cls(connect(url), settings)
 
     async def close(self) -> None:
@@ -202,7 +201,7 @@ class Client:
                 return state
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise asyncio.TimeoutError(f"instance {instance_id!r} is {state.status} after {timeout}s")
+                raise TimeoutError(f"instance {instance_id!r} is {state.status} after {timeout}s")
             await self.redis.xread({self.keys.instance(instance_id): last or "0-0"},
                                    block=max(1, int(min(remaining, 1.0) * 1000)))
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from typing import Mapping
+from collections.abc import Mapping
 
 import msgspec
 
-from .errors import ConfigError
+from engine.errors import ConfigError
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):

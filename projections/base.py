@@ -4,11 +4,12 @@ runner (and the rebuild) turn those into ``project.lua`` calls."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import orjson
 
-from engine.model import Event
+from engine.core.model import Event
 
 from .keys import ViewKeys
 
@@ -19,7 +20,7 @@ Doc = Any
 class Applied:
     """One event as a projection sees it: the instance's version, the append time, the event."""
 
-    __slots__ = ("version", "ts", "event")
+    __slots__ = ("event", "ts", "version")
 
     def __init__(self, version: int, ts: int, event: Event) -> None:
         self.version = version
@@ -62,7 +63,7 @@ class Ops:
 class Call:
     """One ``project.lua`` call: KEYS and ARGV built block by block."""
 
-    __slots__ = ("keys", "_index", "_acks", "_unguarded", "_blocks", "blocks")
+    __slots__ = ("_acks", "_blocks", "_index", "_unguarded", "blocks", "keys")
 
     def __init__(self, checkpoint: str, source: str) -> None:
         self.keys: list[str] = [checkpoint, source]

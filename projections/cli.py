@@ -1,20 +1,20 @@
 """CLI verbs of the read side: ``projector`` (run, status, rebuild, trim),
 ``executions`` (list, show, steps, events) and ``correlation show``. JSON by
-default, ``--table`` for people; errors go through engine.cli's handling
+default, ``--table`` for people; errors go through engine.ops.cli's handling
 (NotFound: exit 1, InvalidInput: exit 2)."""
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
-from engine.connection import connect
 from engine.config import Settings, from_env
-from engine.keys import Keys
+from engine.store.connection import Redis, connect
+from engine.store.keys import Keys
 
 from .catalog import PROJECTIONS
 from .queries import Queries, parse_time
@@ -133,9 +133,9 @@ async def cmd_correlation_show(args: argparse.Namespace) -> int:
 
 # -- projector -------------------------------------------------------------------
 async def cmd_projector(args: argparse.Namespace) -> int:
-    from .runner import Projector
+    from engine.runtime.lifecycle import serve
 
-    from engine.ops_cli import serve
+    from .runner import Projector
 
     settings = _settings(args)
     client = connect(settings.redis_url)
@@ -147,7 +147,7 @@ async def cmd_projector(args: argparse.Namespace) -> int:
         await client.aclose()
 
 
-async def _with_redis(args: argparse.Namespace, fn: Callable[[aioredis.Redis, Settings], Awaitable[str]]) -> int:
+async def _with_redis(args: argparse.Namespace, fn: Callable[[Redis, Settings], Awaitable[str]]) -> int:
     settings = _settings(args)
     client = connect(settings.redis_url)
     try:
@@ -160,7 +160,7 @@ async def _with_redis(args: argparse.Namespace, fn: Callable[[aioredis.Redis, Se
 async def cmd_projector_status(args: argparse.Namespace) -> int:
     from .status import projector_status
 
-    async def go(redis: aioredis.Redis, settings: Settings) -> str:
+    async def go(redis: Redis, settings: Settings) -> str:
         rows = await projector_status(redis, Keys(settings.prefix, settings.partitions), time.time_ns() // 1_000_000)
         if not args.table:
             return _json(rows)
@@ -176,7 +176,7 @@ async def cmd_projector_rebuild(args: argparse.Namespace) -> int:
     names = list(PROJECTIONS) if args.name == "all" else [args.name]
     select(names)  # unknown names are bad input before Redis is touched
 
-    async def go(redis: aioredis.Redis, settings: Settings) -> str:
+    async def go(redis: Redis, settings: Settings) -> str:
         return _json(await Rebuilder(redis, settings).rebuild(names))
 
     return await _with_redis(args, go)
@@ -185,7 +185,7 @@ async def cmd_projector_rebuild(args: argparse.Namespace) -> int:
 async def cmd_projector_trim(args: argparse.Namespace) -> int:
     from .trim import trim_feeds
 
-    async def go(redis: aioredis.Redis, settings: Settings) -> str:
+    async def go(redis: Redis, settings: Settings) -> str:
         removed = await trim_feeds(redis, Keys(settings.prefix, settings.partitions))
         return _json({"removed": {str(p): n for p, n in removed.items()}})
 

@@ -8,12 +8,13 @@ canonical JSON, so a redelivered entry adds nothing)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
-from engine.codec import MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS
-from engine.model import WorkflowCreated
+from engine.core.codec import MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS
+from engine.core.model import WorkflowCreated
 
 from .base import Applied, Doc, Ops, Projection, dumps
 from .keys import ViewKeys

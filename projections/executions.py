@@ -6,22 +6,23 @@ same script call."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
-from engine.model import (
+from engine.core.model import (
     ChildStarted,
     CommandRejected,
     CompensationStarted,
-    StepDelayed,
-    StepSkipped,
-    WorkflowCompensated,
     StepCompleted,
+    StepDelayed,
     StepFailed,
     StepScheduled,
+    StepSkipped,
     StepWaiting,
     WorkflowCancelled,
+    WorkflowCompensated,
     WorkflowCompleted,
     WorkflowCreated,
     WorkflowFailed,

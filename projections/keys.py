@@ -12,7 +12,7 @@ their acknowledgement are one script call too.
 
 from __future__ import annotations
 
-from engine.keys import Keys
+from engine.store.keys import Keys
 
 GROUP_PREFIX = "proj:"
 
@@ -26,7 +26,7 @@ def group_name(projection: str) -> str:
 class ViewKeys:
     """Key names of the read models of one deployment (a prefix and a partition count)."""
 
-    __slots__ = ("keys", "prefix", "partitions", "_events_tag")
+    __slots__ = ("_events_tag", "keys", "partitions", "prefix")
 
     def __init__(self, keys: Keys) -> None:
         self.keys = keys

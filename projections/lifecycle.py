@@ -10,11 +10,12 @@ they need (workflow, version, correlation id)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
-from engine.model import (
+from engine.core.model import (
     ChildStarted,
     StepCompleted,
     StepFailed,
@@ -48,7 +49,7 @@ NAMES: dict[type, str] = {
 
 
 def iso(ts: int) -> str:
-    stamp = dt.datetime.fromtimestamp(ts / 1000, tz=dt.timezone.utc)
+    stamp = dt.datetime.fromtimestamp(ts / 1000, tz=dt.UTC)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

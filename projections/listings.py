@@ -8,7 +8,8 @@ The executions projection keeps them in the same script call as the record.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .base import Doc, Ops
 from .keys import STATUSES, ViewKeys

@@ -13,12 +13,11 @@ import time
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
-from engine.connection import connect
 from engine.config import Settings
 from engine.errors import InvalidInput, NotFound, UnknownInstance
-from engine.keys import INSTANCE_ID_RE, Keys
+from engine.store.connection import Redis, connect
+from engine.store.keys import INSTANCE_ID_RE, Keys
 
 from .keys import STATUSES, ViewKeys
 from .listings import merge_page
@@ -42,7 +41,7 @@ def parse_time(text: str, now_ms: int | None = None) -> int:
     except ValueError:
         raise InvalidInput(f"invalid time {text!r}: give ms since epoch, ISO-8601, or an age like 15m, 1h, 2d") from None
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.timezone.utc)
+        stamp = stamp.replace(tzinfo=dt.UTC)
     return int(stamp.timestamp() * 1000)
 
 
@@ -54,7 +53,7 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     try:
         score, iid = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return int(score), str(iid)
-    except Exception:  # noqa: BLE001 - any malformed cursor is the same bad input
+    except Exception:
         raise InvalidInput(f"invalid cursor {cursor!r}: pass next_cursor from a previous page") from None
 
 
@@ -70,14 +69,14 @@ def _s(v: Any) -> str:
 class Queries:
     """The read side's Python API (``foldflow executions|correlation`` use it)."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings | None = None) -> None:
+    def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.redis = redis
         self.keys = Keys(self.settings.prefix, self.settings.partitions)
         self.vk = ViewKeys(self.keys)
 
     @classmethod
-    def from_url(cls, url: str, settings: Settings | None = None) -> "Queries":
+    def from_url(cls, url: str, settings: Settings | None = None) -> Queries:
         return cls(connect(url), settings)
 
     async def close(self) -> None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Sequence
-
-import redis.asyncio as aioredis
+from collections.abc import Sequence
+from typing import Any
 
 from engine.config import Settings
-from engine.keys import Keys
+from engine.store.connection import Redis
+from engine.store.keys import Keys
 
 from .base import Call, Ops, Projection, dumps
 from .catalog import select
@@ -37,7 +37,7 @@ def _glob_escape(text: str) -> str:
 
 
 class Rebuilder:
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.keys = Keys(settings.prefix, settings.partitions)
         self.vk = ViewKeys(self.keys)

@@ -20,17 +20,17 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any, Awaitable, Callable, Coroutine, Sequence
-
-import redis.asyncio as aioredis
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from engine.config import Settings
-from engine.consumer import Entry, GroupReader
 from engine.errors import PoisonMessage, StoreUnavailable
-from engine.keys import Keys
-from engine.preflight import preflight
-from engine.startup import prepare_when_reachable
-from engine.store import Store
+from engine.runtime.consume import Entry, GroupReader
+from engine.runtime.preflight import preflight
+from engine.runtime.startup import prepare_when_reachable
+from engine.store.connection import Redis
+from engine.store.events import Store
+from engine.store.keys import Keys
 
 from .base import Applied, Call, Doc, Ops, Projection, dumps
 from .catalog import PROJECTIONS, select
@@ -65,7 +65,7 @@ class Stats:
 
 
 class Projector:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, only: Sequence[str] | None = None, *,
+    def __init__(self, redis: Redis, settings: Settings, only: Sequence[str] | None = None, *,
                  trim_every_ms: int = 0, clock: Callable[[], int] = clock_ms) -> None:
         self.redis = redis
         self.settings = settings
@@ -128,7 +128,7 @@ class Projector:
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _consume(self, reader: GroupReader, handle: Callable[[list[Entry]], Awaitable[None]]) -> None:
@@ -152,7 +152,7 @@ class Projector:
                 log.warning("redis unavailable, retrying in %.2fs: %s", backoff, exc)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-            except Exception:  # noqa: BLE001 - one bad batch must never kill the loop
+            except Exception:
                 log.exception("projection batch failed; its entries stay pending and will be redelivered")
                 await self._sleep(1.0)
 
@@ -161,7 +161,7 @@ class Projector:
             await self._sleep(self.trim_every_ms / 1000)
             try:
                 await trim_feeds(self.redis, self.keys)
-            except Exception:  # noqa: BLE001 - trimming is housekeeping; try again later
+            except Exception:
                 log.exception("feed trim failed")
 
     # -- the recipe --------------------------------------------------------------
@@ -271,4 +271,4 @@ def _contiguous(version: int, items: list[tuple[Applied, str]], fill: list[Appli
     return out
 
 
-__all__ = ["Projector", "Stats", "Doc"]
+__all__ = ["Doc", "Projector", "Stats"]

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from engine.keys import Keys
+from engine.store.connection import Redis
+from engine.store.keys import Keys
 
 from .catalog import PROJECTIONS
 from .keys import ViewKeys, group_name
@@ -22,7 +21,7 @@ def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
-async def _row(redis: aioredis.Redis, stream: str, group: dict[str, Any] | None, now_ms: int) -> dict[str, Any]:
+async def _row(redis: Redis, stream: str, group: dict[str, Any] | None, now_ms: int) -> dict[str, Any]:
     if group is None:
         return {"group": None, "lag_entries": None, "lag_seconds": None, "pending": None}
     pending = int(group["pending"])
@@ -44,7 +43,7 @@ async def _row(redis: aioredis.Redis, stream: str, group: dict[str, Any] | None,
     }
 
 
-async def projector_status(redis: aioredis.Redis, keys: Keys, now_ms: int) -> list[dict[str, Any]]:
+async def projector_status(redis: Redis, keys: Keys, now_ms: int) -> list[dict[str, Any]]:
     vk = ViewKeys(keys)
     rows: list[dict[str, Any]] = []
     streams = [(str(p), keys.feed(p), vk.checkpoint(p)) for p in range(keys.partitions)]

@@ -9,14 +9,14 @@ from typing import Any
 
 import msgspec
 
-from engine.model import (
+from engine.core.model import (
     ChildStarted,
     NotificationScheduled,
-    StepDelayed,
-    StepSkipped,
     StepCompleted,
+    StepDelayed,
     StepFailed,
     StepScheduled,
+    StepSkipped,
     StepWaiting,
     WorkflowCancelled,
 )

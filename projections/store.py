@@ -1,20 +1,21 @@
 """The read side's Redis I/O: ``project.lua`` (loaded once, re-sent after
 NOSCRIPT), view loads, instance-stream reads for gap filling and rebuilds.
-Redis errors are translated here, as in ``engine.store``."""
+Redis errors are translated here, as in ``engine.store.events``."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from engine.connection import evalsha_many
+from engine.core.model import decode_event
 from engine.errors import PoisonMessage, StoreUnavailable
-from engine.model import decode_event
-from engine.store import TRANSIENT
+from engine.store.connection import evalsha_many
+from engine.store.events import TRANSIENT
 
 from .base import Applied, Call, Doc
 from .keys import ViewKeys
@@ -27,7 +28,7 @@ def decode_entry(fields: dict[bytes, bytes]) -> Applied:
     """A feed or instance-stream entry -> Applied; PoisonMessage when unreadable."""
     try:
         return Applied(int(fields[b"version"]), int(fields[b"ts"]), decode_event(fields[b"data"]))
-    except Exception as exc:  # noqa: BLE001 - any defect in a stored entry is the same poison
+    except Exception as exc:
         raise PoisonMessage(f"unreadable event entry: {exc}") from exc
 
 

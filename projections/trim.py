@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from engine.keys import Keys
+from engine.store.connection import Redis
+from engine.store.keys import Keys
 
 from .catalog import PROJECTIONS
 from .keys import group_name
@@ -25,7 +24,7 @@ def _id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def feed_floor(redis: aioredis.Redis, feed: str) -> str | None:
+async def feed_floor(redis: Redis, feed: str) -> str | None:
     """The lowest entry id some group on the feed still needs (None: do not trim)."""
     groups: Any = await redis.xinfo_groups(feed)
     names = {_s(g["name"]) for g in groups}
@@ -42,7 +41,7 @@ async def feed_floor(redis: aioredis.Redis, feed: str) -> str | None:
     return None if floor in (None, "0-0") else floor
 
 
-async def trim_feeds(redis: aioredis.Redis, keys: Keys) -> dict[int, int]:
+async def trim_feeds(redis: Redis, keys: Keys) -> dict[int, int]:
     """Trim every partition feed to its floor; returns entries removed per partition."""
     removed: dict[int, int] = {}
     for p in range(keys.partitions):

@@ -10,8 +10,9 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import fakeredis
 import pytest
@@ -22,9 +23,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.config import Settings  # noqa: E402
-from engine.embedded import RedisClusterServer, RedisServer  # noqa: E402
+from engine.dev.embedded import RedisClusterServer, RedisServer  # noqa: E402
 
-EXAMPLES = ROOT / "engine" / "examples"
+EXAMPLES = ROOT / "engine" / "dev" / "examples"
 T = TypeVar("T")
 
 

@@ -10,15 +10,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from engine.codec import command_fields
 from engine.config import Settings
-from engine.keys import Keys
+from engine.core.codec import command_fields
+from engine.store.keys import Keys
 
 from .conftest import ROOT
 from .helpers import check_history
@@ -56,13 +57,13 @@ def fault_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 ROLE_ARGS = {
     "worker": ["worker"],
-    "activities": ["activities", "--module", "engine.demo_handlers"],
+    "activities": ["activities", "--module", "engine.dev.demo_handlers"],
     "projector": ["projector"],
 }
 
 
 class Procs:
-    """Named worker processes (`python -m engine.cli ...`), each logging to a file."""
+    """Named worker processes (`python -m engine.ops.cli ...`), each logging to a file."""
 
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env = env
@@ -74,7 +75,7 @@ class Procs:
         self.generation[name] += 1
         log = open(self.logs / f"{name}.{self.generation[name]}.log", "wb")
         args = [*ROLE_ARGS[role], "--consumer", f"{name}.{self.generation[name]}", *extra]
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=self.env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "engine.ops.cli", *args], env=self.env, stdout=log,
                                 stderr=log, cwd=ROOT)
         self.procs[name] = proc
         return proc

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-import engine.demo_handlers  # noqa: F401 - registers the simulated services
-from engine.activities import ActivityWorker, Registry
+import engine.dev.demo_handlers  # noqa: F401 - registers the simulated services
 from engine.client import Client
-from engine.connection import is_cluster
 from engine.config import Settings
-from engine.keys import Keys
-from engine.worker import EngineWorker
+from engine.store.connection import is_cluster
+from engine.store.keys import Keys
+from engine.workers.activities import ActivityWorker, Registry
+from engine.workers.engine import EngineWorker
 
 
 class AgentSimulator:
@@ -103,7 +104,7 @@ class Cluster:
         self.agents = AgentSimulator(factory(), self.client, Keys(settings.prefix, settings.partitions))
         self.tasks: list[asyncio.Task[Any]] = []
 
-    async def __aenter__(self) -> "Cluster":
+    async def __aenter__(self) -> Cluster:
         for w in self.workers:
             await w.prepare()
         runners = [w.run() for w in self.workers] + [self.activities.run(), self.agents.run()]

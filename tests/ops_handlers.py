@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from engine.activities import activity
-from engine.model import Task
+from engine.core.model import Task
+from engine.workers.activities import activity
 
 
 @activity("ops-slow")

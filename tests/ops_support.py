@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from engine.config import Settings
-from engine.embedded import free_port
+from engine.dev.embedded import free_port
 
 from .conftest import ROOT
 
@@ -29,7 +29,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=env, stdout=out, stderr=out, cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "engine.ops.cli", *args], env=env, stdout=out, stderr=out, cwd=ROOT)
 
 
 def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from engine.client import Client
-from engine.keys import ENGINE_GROUP
-from engine.worker import CATCHUP_GRACE_MS, EngineWorker, clock_ms
+from engine.store.keys import ENGINE_GROUP
+from engine.workers.engine import CATCHUP_GRACE_MS, EngineWorker, clock_ms
 
 from .conftest import run
 from .helpers import check_history

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.redis
 def cli(settings: Settings, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": settings.redis_url,
                 "FOLDFLOW_PREFIX": settings.prefix, "FOLDFLOW_PARTITIONS": str(settings.partitions), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], env=full_env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "engine.ops.cli", *args], env=full_env, capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -45,7 +45,7 @@ def test_register_start_status_history(settings: Settings) -> None:
     # no worker runs: the start command waits in the inbox and the instance does not exist yet
     missing = cli(settings, "status", "cli-1")
     assert missing.returncode == 1 and "not found" in missing.stderr and "Traceback" not in missing.stderr
-    worker = subprocess.Popen([sys.executable, "-m", "engine.cli", "worker"], cwd=ROOT, env={
+    worker = subprocess.Popen([sys.executable, "-m", "engine.ops.cli", "worker"], cwd=ROOT, env={
         **os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": settings.redis_url, "FOLDFLOW_PREFIX": settings.prefix,
         "FOLDFLOW_PARTITIONS": str(settings.partitions), "FOLDFLOW_BLOCK_MS": "50"},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -155,7 +155,7 @@ def test_demo_completes_on_the_embedded_default(mode: str, tmp_path: Path) -> No
         assert shutil.which("redis-server", path=env["PATH"]) is None
     elif not shutil.which("redis-server"):
         pytest.skip("no redis-server on PATH")
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "demo"], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "engine.ops.cli", "demo"], env=env, capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "5/5 instances completed" in proc.stdout

@@ -10,16 +10,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 
 from engine.config import Settings
-from engine.connection import connect
-from engine.embedded import RedisClusterServer
-from engine.keys import Keys
+from engine.dev.embedded import RedisClusterServer
+from engine.store.connection import connect
+from engine.store.keys import Keys
 from projections.queries import Queries
 from projections.runner import Projector
 
@@ -171,9 +172,9 @@ def test_a_master_failover_is_survived(own_cluster: RedisClusterServer, tmp_path
          **({"depends_on": [f"s{i - 1}"]} if i else {})} for i in range(4)]}}
     env = worker_env(settings)
     env["FOLDFLOW_TASK_CLAIM_IDLE_MS"] = "2000"
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=env, cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.ops.cli", *args], env=env, cwd=ROOT,
                               stdout=open(tmp_path / f"{i}.log", "wb"), stderr=subprocess.STDOUT)
-             for i, args in enumerate((["worker"], ["worker"], ["activities", "--module", "engine.demo_handlers"]))]
+             for i, args in enumerate((["worker"], ["worker"], ["activities", "--module", "engine.dev.demo_handlers"]))]
 
     async def scenario() -> None:
         from engine.client import Client
@@ -252,7 +253,7 @@ def _is_master(port: int) -> bool:
 
 def test_health_dependencies_report_every_primary(cluster: RedisClusterServer, csettings: Settings) -> None:
     """Each primary holds data and each could evict it: /health/dependencies names them all."""
-    from engine.health import Probe
+    from engine.runtime.health import Probe
 
     async def go() -> dict[str, Any]:
         redis_ = connect(csettings.redis_url)

@@ -21,17 +21,18 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 
 from engine.config import Settings
-from engine.connection import connect
-from engine.embedded import RedisClusterServer, RedisServer, _cluster_port
-from engine.keys import ACTIVITY_GROUP, ENGINE_GROUP, RELAY_GROUP, Keys
-from engine.store import TRANSIENT
+from engine.dev.embedded import RedisClusterServer, RedisServer, _cluster_port
+from engine.store.connection import connect
+from engine.store.events import TRANSIENT
+from engine.store.keys import ACTIVITY_GROUP, ENGINE_GROUP, RELAY_GROUP, Keys
 
 from .conftest import started_cluster
 from .fault_support import Procs, check_all, completed_count, histories, pending_total, start_many, until
@@ -316,7 +317,7 @@ class _Migrating:
         self.src = _slot_owner(cluster.nodes[0].port, self.slot)
         self.dst = next(n.port for n in cluster.nodes if n.port != self.src)
 
-    def __enter__(self) -> "_Migrating":
+    def __enter__(self) -> _Migrating:
         _cmd(self.dst, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", _node_id(self.src))
         _cmd(self.src, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", _node_id(self.dst))
         return self
@@ -339,8 +340,8 @@ def _ids_in(keys: Keys, p: int, n: int) -> list[str]:
 def test_fire_timers_on_a_migrating_slot(small_cluster: RedisClusterServer) -> None:
     """The last due timer fired on a migrating slot: its ZREM deletes the set, which the script
     must not touch afterwards (it read the next timer first)."""
-    from engine.effects import timer_member
-    from engine.store import Store
+    from engine.store.events import Store
+    from engine.store.plan import timer_member
 
     keys = Keys("migtimers", 8)
 
@@ -367,9 +368,9 @@ def test_a_decision_stays_whole_while_its_slot_migrates(small_cluster: RedisClus
     its events are written if and only if its inbox entry is acknowledged and its effects done.
     Failed (decisions applied in part) while append.lua removed each member with its own
     command, before the XACKs: a second removal from a set the first emptied was refused."""
-    from engine.effects import Effects, timer_member
-    from engine.model import SignalReceived
-    from engine.store import AppendRequest, Store
+    from engine.core.model import SignalReceived
+    from engine.store.events import AppendRequest, Store
+    from engine.store.plan import Effects, timer_member
 
     keys = Keys("migappend", 8)
     p = 0
@@ -417,7 +418,7 @@ def test_a_decision_stays_whole_while_its_slot_migrates(small_cluster: RedisClus
                 with _Migrating(small_cluster, keys, p):
                     try:
                         await store.append_many(reqs, group, consumer)
-                    except Exception:  # noqa: BLE001 - refused whole is fine; applied in part is not
+                    except Exception:
                         pass
                 for req in reqs:
                     iid = req.instance_id

@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from engine.connection import connect
-from engine.embedded import RedisClusterServer
+from engine.dev.embedded import RedisClusterServer
+from engine.store.connection import connect
 
 from .conftest import run
 from .test_security import ROLES, ROOT_USER, _acl_entry, every_role_end_to_end, redis_binary, render_acl, server_version

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.condition_parser import ARITY, MAX_DEPTH, MAX_TOKENS
-from engine.conditions import (
+from engine.core.language.condition_parser import ARITY, MAX_DEPTH, MAX_TOKENS
+from engine.core.language.conditions import (
     _FUNCTIONS,
     Condition,
     ConditionError,

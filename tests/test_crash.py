@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from engine.client import Client
-from engine.connection import connect
 from engine.config import Settings
-from engine.keys import Keys
+from engine.store.connection import connect
+from engine.store.keys import Keys
 
 from .conftest import ROOT, run
 from .helpers import AgentSimulator, check_history
@@ -29,7 +29,7 @@ INSTANCES = 500
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "wb")
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=env, stdout=out, stderr=out, cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "engine.ops.cli", *args], env=env, stdout=out, stderr=out, cwd=ROOT)
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -53,7 +53,7 @@ def test_sigkill_an_engine_worker_mid_run(settings: Settings, agent_example: byt
 
 def sigkill_scenario(settings: Settings, agent_example: bytes, tmp_path: Path, instances: int = INSTANCES) -> None:
     """Two engine worker processes and one activity worker; one engine worker is SIGKILLed mid-run."""
-    INSTANCES = instances  # noqa: N806 - the module constant's name, for the scenario's size
+    INSTANCES = instances
     env = worker_env(settings)
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -65,7 +65,7 @@ def sigkill_scenario(settings: Settings, agent_example: bytes, tmp_path: Path, i
         definition, _ = await client.register(agent_example)
         procs["w1"] = spawn(["worker"], env, tmp_path / "w1.log")
         procs["w2"] = spawn(["worker"], env, tmp_path / "w2.log")
-        procs["a1"] = spawn(["activities", "--module", "engine.demo_handlers"], env, tmp_path / "a1.log")
+        procs["a1"] = spawn(["activities", "--module", "engine.dev.demo_handlers"], env, tmp_path / "a1.log")
         sim = asyncio.create_task(agents.run())
         ids = []
         for i in range(INSTANCES):

@@ -2,7 +2,7 @@
 
 No Redis, no fixtures: each test states the history it starts from, the one
 command it sends and every event it expects. The agent example
-(engine/examples/agent-task-execution.json) is the main subject; small inline
+(engine/dev/examples/agent-task-execution.json) is the main subject; small inline
 definitions cover the graph shapes it lacks.
 """
 
@@ -15,12 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.decider import decide, decide_and_fold
-from engine.definition import Definition, load_definition_file, parse_definition
-from engine.effects import plan, timer_member, wait_member
-from engine.evolve import fold
-from engine.keys import Keys, encode_shape, filter_shape
-from engine.model import (
+from engine.core.decide import decide, decide_and_fold
+from engine.core.definition import Definition, load_definition_file, parse_definition
+from engine.core.evolve import fold
+from engine.core.model import (
     INITIAL,
     AnyCommand,
     CancelWorkflow,
@@ -51,8 +49,10 @@ from engine.model import (
     WorkflowRetried,
     WorkflowStarted,
 )
+from engine.store.keys import Keys, encode_shape, filter_shape
+from engine.store.plan import plan, timer_member, wait_member
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "engine" / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "engine" / "dev" / "examples"
 AGENT = load_definition_file(EXAMPLES / "agent-task-execution.json")
 CTX = {"task_id": "t-1", "agent_id": "a-1", "project_id": "p-1"}
 IID = "i-1"

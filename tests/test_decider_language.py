@@ -16,13 +16,11 @@ from typing import Any
 
 import orjson
 
-from engine.decider import decide, decide_and_fold
-from engine.decision import child_id_for
-from engine.definition import Definition, parse_definition
-from engine.effects import plan, timer_member, wait_member
-from engine.evolve import fold
-from engine.keys import Keys, partition_of
-from engine.model import (
+from engine.core.decide import decide, decide_and_fold
+from engine.core.definition import Definition, parse_definition
+from engine.core.evolve import fold
+from engine.core.graph import child_id_for
+from engine.core.model import (
     INITIAL,
     AnyCommand,
     CancelWorkflow,
@@ -61,6 +59,8 @@ from engine.model import (
     WorkflowStarted,
     decode_command,
 )
+from engine.store.keys import Keys, partition_of
+from engine.store.plan import plan, timer_member, wait_member
 
 IID = "i-1"
 T0 = 1_700_000_000_000

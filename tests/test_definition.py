@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.definition import (
+from engine.core.definition import (
     Definition,
     DefinitionError,
     ErrorHandler,
@@ -24,7 +24,7 @@ from engine.definition import (
     version_sort_key,
 )
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "engine" / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "engine" / "dev" / "examples"
 AGENT_JSON = EXAMPLES / "agent-task-execution.json"
 REGISTRATION_YAML = EXAMPLES / "user-registration.yaml"
 

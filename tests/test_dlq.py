@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from engine.cli import main
 from engine.config import Settings
-from engine.keys import ACTIVITY_GROUP, ENGINE_GROUP, Keys
-from engine.router import EventRouter
-from engine.store import Store
+from engine.ops.cli import main
+from engine.store.events import Store
+from engine.store.keys import ACTIVITY_GROUP, ENGINE_GROUP, Keys
+from engine.workers.router import EventRouter
 
 from .conftest import ROOT, eventually, run
 from .helpers import Cluster
@@ -214,7 +214,7 @@ def test_a_dead_lettered_start_replays_once_its_definition_exists(settings: Sett
             await eventually(dead_lettered)
             await c.client.register(agent_example)
             proc = subprocess.run(
-                [sys.executable, "-m", "engine.cli", "dlq", "replay", "--all", "--reason-contains", "unknown workflow"],
+                [sys.executable, "-m", "engine.ops.cli", "dlq", "replay", "--all", "--reason-contains", "unknown workflow"],
                 env={**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": settings.redis_url,
                      "FOLDFLOW_PREFIX": settings.prefix, "FOLDFLOW_PARTITIONS": str(settings.partitions)},
                 capture_output=True, text=True, timeout=60, cwd=ROOT)

@@ -37,11 +37,11 @@ import orjson
 import pytest
 import yaml
 
-import engine.activities
-from engine.activities import Registry
-from engine.cli import main as cli_main
-from engine.definition import Definition, load_definition_file, parse_definition
+import engine.workers.activities
+from engine.core.definition import Definition, load_definition_file, parse_definition
 from engine.errors import InvalidInput
+from engine.ops.cli import main as cli_main
+from engine.workers.activities import Registry
 
 from .conftest import ROOT, eventually, run
 from .helpers import Cluster
@@ -97,14 +97,14 @@ def echo_module() -> dict[str, Any]:
     blocks = [body for lang, body in fenced_blocks(LANGUAGE.read_text())
               if lang == "python" and body.startswith("# echo_handlers.py")]
     assert len(blocks) == 1, "docs/language.md must hold exactly one `# echo_handlers.py` python block"
-    saved = engine.activities.default_registry
-    engine.activities.default_registry = Registry()
+    saved = engine.workers.activities.default_registry
+    engine.workers.activities.default_registry = Registry()
     namespace: dict[str, Any] = {"__name__": "echo_handlers"}
     try:
-        exec(compile(blocks[0], "echo_handlers.py", "exec"), namespace)  # noqa: S102 - our own document
-        namespace["__registry__"] = engine.activities.default_registry
+        exec(compile(blocks[0], "echo_handlers.py", "exec"), namespace)
+        namespace["__registry__"] = engine.workers.activities.default_registry
     finally:
-        engine.activities.default_registry = saved
+        engine.workers.activities.default_registry = saved
     return namespace
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from engine.config import Settings
-from engine.connection import connect
-from engine.embedded import RedisServer
+from engine.dev.embedded import RedisServer
 from engine.errors import ConfigError
-from engine.worker import EngineWorker
+from engine.store.connection import connect
+from engine.workers.engine import EngineWorker
 
 from .conftest import run
 from .helpers import Cluster
@@ -69,7 +69,7 @@ def test_wait_for_replicas() -> None:
 
 
 def test_wait_replicas_is_refused_on_cluster() -> None:
-    from engine.embedded import RedisClusterServer
+    from engine.dev.embedded import RedisClusterServer
 
     with RedisClusterServer(3, 0) as cluster:
         async def go() -> None:

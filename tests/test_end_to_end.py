@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.keys import Keys
+from engine.store.keys import Keys
 
 from .conftest import eventually, run
 from .helpers import Cluster, check_history

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.expressions import MissingValue, TemplateError, render, render_endpoint, template_problems
+from engine.core.language.expressions import MissingValue, TemplateError, render, render_endpoint, template_problems
 
 SCOPE: dict[str, Any] = {
     "input": {"username": "ada", "password": "correct-horse", "profile": {"lang": "en"}, "n": 3},

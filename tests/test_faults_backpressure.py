@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from engine.client import Client
 from engine.config import Settings
-from engine.keys import ENGINE_GROUP, Keys
+from engine.store.keys import ENGINE_GROUP, Keys
 
 from .conftest import run
 from .fault_support import Procs, completed_count, fault_env, pending_total, rss_kb, start_many

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from engine.client import Client
 from engine.config import Settings
-from engine.keys import ENGINE_GROUP, Keys
+from engine.store.keys import ENGINE_GROUP, Keys
 from projections import PROJECTIONS, Queries
 from projections.keys import group_name
 

@@ -28,13 +28,13 @@ import redis.asyncio as aioredis
 
 from engine.client import Client
 from engine.config import Settings
-from engine.embedded import RedisServer, free_port
-from engine.keys import ACTIVITY_GROUP, ENGINE_GROUP, Keys
+from engine.dev.embedded import RedisServer, free_port
+from engine.store.keys import ACTIVITY_GROUP, ENGINE_GROUP, Keys
 from projections import PROJECTIONS
 from projections.keys import group_name
 
 from .conftest import run
-from .fault_support import Procs, check_all, counters, completed_count, fault_env, histories, pending_total, start_many, until
+from .fault_support import Procs, check_all, completed_count, counters, fault_env, histories, pending_total, start_many, until
 from .test_projections_crash import check_exact
 
 pytestmark = pytest.mark.redis

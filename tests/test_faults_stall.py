@@ -24,14 +24,24 @@ import redis.asyncio as aioredis
 
 from engine.client import Client
 from engine.config import Settings
-from engine.consumer import GroupReader
-from engine.effects import Effects
-from engine.keys import ACTIVITY_GROUP, ENGINE_GROUP, Keys
-from engine.store import FENCED, NOT_OWNER, AppendRequest, Store
+from engine.runtime.consume import GroupReader
+from engine.store.events import FENCED, NOT_OWNER, AppendRequest, Store
+from engine.store.keys import ACTIVITY_GROUP, ENGINE_GROUP, Keys
+from engine.store.plan import Effects
 
 from .conftest import run
-from .fault_support import (TWO_STEPS, Procs, check_all, completed_count, counters, fault_env, histories,
-                            pending_total, start_many, until)
+from .fault_support import (
+    TWO_STEPS,
+    Procs,
+    check_all,
+    completed_count,
+    counters,
+    fault_env,
+    histories,
+    pending_total,
+    start_many,
+    until,
+)
 
 pytestmark = pytest.mark.redis
 

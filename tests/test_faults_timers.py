@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from engine.activities import ActivityWorker, Registry
 from engine.client import Client
 from engine.config import Settings
-from engine.keys import Keys
-from engine.model import Task
-from engine.worker import EngineWorker, clock_ms
+from engine.core.model import Task
+from engine.store.keys import Keys
+from engine.workers.activities import ActivityWorker, Registry
+from engine.workers.engine import EngineWorker, clock_ms
 
 from .conftest import run
 from .fault_support import check_all, histories, start_many, until

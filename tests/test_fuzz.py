@@ -13,16 +13,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.codec import decode_command_entry, decode_task_entry
-from engine.conditions import Condition, ConditionError, compile_condition
-from engine.definition import Definition, DefinitionError, parse_definition
+from engine.core.codec import decode_command_entry, decode_task_entry
+from engine.core.definition import Definition, DefinitionError, parse_definition
+from engine.core.language.conditions import Condition, ConditionError, compile_condition
+from engine.core.language.expressions import render, template_problems
+from engine.core.language.templates import MissingValue, TemplateError
+from engine.core.model import COMMAND_TYPES, Envelope, Task
 from engine.errors import PoisonMessage
-from engine.expressions import render, template_problems
-from engine.keys import INSTANCE_ID_RE
-from engine.model import COMMAND_TYPES, Envelope, Task
-from engine.router import _decode_event
-from engine.store import decode_stored
-from engine.template_parser import MissingValue, TemplateError
+from engine.store.events import decode_stored
+from engine.store.keys import INSTANCE_ID_RE
+from engine.workers.router import _decode_event
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import msgspec
 
-from engine.evolve import fold_stored
-from engine.keys import Keys
-from engine.model import INITIAL
-from engine.store import Store
+from engine.core.evolve import fold_stored
+from engine.core.model import INITIAL
+from engine.store.events import Store
+from engine.store.keys import Keys
 
 from .conftest import run
 from .helpers import Cluster, check_history

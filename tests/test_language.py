@@ -14,10 +14,10 @@ from typing import Any
 import msgspec
 import yaml
 
-from engine.activities import Registry, StepError
+from engine.core.model import Task
 from engine.errors import InvalidInput
-from engine.keys import Keys
-from engine.model import Task
+from engine.store.keys import Keys
+from engine.workers.activities import Registry, StepError
 
 from .conftest import EXAMPLES, eventually, run
 from .helpers import Cluster, check_history

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from engine.client import Client
+from engine.core.model import WorkflowPaused, encode
 from engine.errors import UnknownInstance
-from engine.keys import Keys
-from engine.model import WorkflowPaused, encode
-from engine.store import Store
-from engine.worker import EngineWorker
+from engine.store.events import Store
+from engine.store.keys import Keys
+from engine.workers.engine import EngineWorker
 
 from .conftest import eventually, run
 from .helpers import check_history

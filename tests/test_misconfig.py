@@ -11,19 +11,20 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from engine.activities import ActivityWorker, Registry
 from engine.config import Settings
-from engine.embedded import RedisServer
+from engine.core.model import Task
+from engine.dev.embedded import RedisServer
 from engine.errors import ConfigError
-from engine.keys import ACTIVITY_GROUP, ENGINE_GROUP, ROUTER_GROUP, Keys
-from engine.model import Task
-from engine.worker import EngineWorker
+from engine.store.keys import ACTIVITY_GROUP, ENGINE_GROUP, ROUTER_GROUP, Keys
+from engine.workers.activities import ActivityWorker, Registry
+from engine.workers.engine import EngineWorker
 from projections.runner import Projector
 
 from .conftest import ROOT, eventually, run
@@ -84,9 +85,9 @@ def test_every_role_refuses_an_evicting_redis(lru: RedisServer, prefix: str) -> 
 
     run(scenario())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": lru.url, "FOLDFLOW_PREFIX": prefix}
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *verb], env=env, cwd=ROOT, text=True,
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.ops.cli", *verb], env=env, cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for verb in (["worker"], ["activities", "--module", "engine.demo_handlers"], ["projector"])]
+             for verb in (["worker"], ["activities", "--module", "engine.dev.demo_handlers"], ["projector"])]
     for proc in procs:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, err
@@ -222,10 +223,10 @@ def test_script_flush_under_load_is_absorbed(own: RedisServer, prefix: str, agen
 
 # -- the same on Redis Cluster: every primary is asked; per-stream polling reads recover too --
 def test_on_a_cluster_every_primary_is_checked_and_polling_reads_recover(prefix: str) -> None:
-    from engine.connection import connect
-    from engine.consumer import GroupReader
-    from engine.embedded import RedisClusterServer
-    from engine.preflight import preflight
+    from engine.dev.embedded import RedisClusterServer
+    from engine.runtime.consume import GroupReader
+    from engine.runtime.preflight import preflight
+    from engine.store.connection import connect
 
     if not (shutil.which("redis-server") and shutil.which("redis-cli")):
         pytest.skip("needs redis-server and redis-cli")

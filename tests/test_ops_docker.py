@@ -88,7 +88,7 @@ def test_compose_and_prometheus_config_hang_together() -> None:
     redis_cmd = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis_cmd and "noeviction" in redis_cmd
     assert services["engine"]["command"] == ["worker"] and services["engine"]["deploy"]["replicas"] > 1
-    assert services["activities"]["command"][:3] == ["activities", "--module", "engine.demo_handlers"]
+    assert services["activities"]["command"][:3] == ["activities", "--module", "engine.dev.demo_handlers"]
     assert services["projector"]["command"] == ["projector"]
     for name in ("engine", "activities", "projector"):
         assert services[name]["environment"]["FOLDFLOW_METRICS_PORT"] == "9100"
@@ -103,7 +103,7 @@ def test_compose_and_prometheus_config_hang_together() -> None:
         out = subprocess.run([promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stdout + out.stderr
-    from engine.cli import build_parser
+    from engine.ops.cli import build_parser
 
     verbs = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     for name in ("engine", "activities"):

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from engine.client import Client
 from engine.config import Settings
-from engine.keys import Keys
+from engine.store.keys import Keys
 
 from .conftest import run
 from .ops_support import SLOW_FLOW, env_for, spawn, stop

@@ -20,10 +20,10 @@ import redis.asyncio as aioredis
 
 from engine.client import Client
 from engine.config import Settings
-from engine.embedded import RedisServer
+from engine.dev.embedded import RedisServer
 from engine.errors import UnknownInstance
-from engine.keys import Keys
-from engine.stuck import find_stuck
+from engine.store.keys import Keys
+from engine.store.stuck import find_stuck
 
 from .conftest import ROOT, run
 from .ops_support import SLOW_FLOW, env_for, free_port, get, spawn, stop, wait_http
@@ -60,7 +60,7 @@ def deployment(settings: Settings, agent_example: bytes, tmp_path: Path) -> Any:
     procs = {
         "engine": spawn(["--metrics-port", str(ports["engine"]), "worker"], env, tmp_path / "engine.log"),
         "activities": spawn(["--metrics-port", str(ports["activities"]), "activities", "--module",
-                             "engine.demo_handlers"], env, tmp_path / "activities.log"),
+                             "engine.dev.demo_handlers"], env, tmp_path / "activities.log"),
         "projector": spawn(["--metrics-port", str(ports["projector"]), "projector"], env, tmp_path / "projector.log"),
     }
     try:
@@ -152,7 +152,7 @@ def test_health_endpoints_with_redis_up_and_down(tmp_path: Path) -> None:
         assert orjson.loads(body)["checks"] == {"redis": "ok", "scripts": "ok", "groups": "ok", "lifecycle": "ok"}
         code, body = get(f"{base}/health/dependencies")
         assert code == 200 and orjson.loads(body)["dependencies"]["redis"]["status"] == "ok"
-        cli = [sys.executable, "-m", "engine.cli", "health"]
+        cli = [sys.executable, "-m", "engine.ops.cli", "health"]
         assert subprocess.run([*cli, "--port", str(port)], env=env, capture_output=True, cwd=ROOT).returncode == 0
         assert subprocess.run([*cli, "--direct"], env=env, capture_output=True, cwd=ROOT).returncode == 0
         assert get(f"{base}/nope")[0] == 404
@@ -194,7 +194,7 @@ def test_stuck_names_what_each_instance_waits_for(deployment: Any, settings: Set
             await client.close()
 
     run(go())
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "stuck", "--older-than", "0s", "--json"], env=env,
+    out = subprocess.run([sys.executable, "-m", "engine.ops.cli", "stuck", "--older-than", "0s", "--json"], env=env,
                          capture_output=True, cwd=ROOT, timeout=30)
     assert out.returncode == 0, out.stderr
     found = {s["instance_id"]: s for s in orjson.loads(out.stdout)}
@@ -203,10 +203,10 @@ def test_stuck_names_what_each_instance_waits_for(deployment: Any, settings: Set
     assert "'ops-slow'" in found["orphan-1"]["waits_for"][0]
     assert "agent.task_completed" in found["waiter-1"]["waits_for"][0]
     assert '"task_id":"never"' in found["waiter-1"]["waits_for"][0]
-    text = subprocess.run([sys.executable, "-m", "engine.cli", "stuck", "--older-than", "10m"], env=env,
+    text = subprocess.run([sys.executable, "-m", "engine.ops.cli", "stuck", "--older-than", "10m"], env=env,
                           capture_output=True, cwd=ROOT, timeout=30)
     assert text.returncode == 0 and b"no stuck instances" in text.stdout
-    bad = subprocess.run([sys.executable, "-m", "engine.cli", "stuck", "--older-than", "soon"], env=env,
+    bad = subprocess.run([sys.executable, "-m", "engine.ops.cli", "stuck", "--older-than", "soon"], env=env,
                          capture_output=True, cwd=ROOT, timeout=30)
     assert bad.returncode == 2 and b"--older-than" in bad.stderr
 
@@ -217,7 +217,7 @@ def test_top_in_a_100x30_terminal(deployment: Any, settings: Settings, agent_exa
     run_instances(settings, agent_example, 2)
     session = f"fftop{settings.prefix}"
     exports = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith(("FOLDFLOW_", "REDIS_URL", "PYTHONPATH")))
-    cmd = f"cd {ROOT} && env {exports} {sys.executable} -m engine.cli top --interval 0.3"
+    cmd = f"cd {ROOT} && env {exports} {sys.executable} -m engine.ops.cli top --interval 0.3"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd], check=True)
     try:
         deadline = time.monotonic() + 20
@@ -285,7 +285,7 @@ def test_stuck_finds_a_paused_instance_with_nothing_in_flight(deployment: Any, s
     iid = run(go())
     deadline = time.monotonic() + 20
     while True:  # the projector indexes it as paused
-        out = subprocess.run([sys.executable, "-m", "engine.cli", "stuck", "--older-than", "0s", "--json"],
+        out = subprocess.run([sys.executable, "-m", "engine.ops.cli", "stuck", "--older-than", "0s", "--json"],
                              env=env, capture_output=True, cwd=ROOT, timeout=30)
         assert out.returncode == 0, out.stderr
         found = {s["instance_id"]: s for s in orjson.loads(out.stdout)}

@@ -11,15 +11,15 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from engine.cli import build_parser
-from engine.config import Settings, _ENV, from_env
+from engine.config import _ENV, Settings, from_env
+from engine.core.model import State, StepCompleted, StepError, StepFailed, StepState, WorkflowCompleted
 from engine.errors import ConfigError, InvalidInput
-from engine.logs import configure_logging
-from engine.metrics import WorkflowMetrics
-from engine.model import State, StepCompleted, StepError, StepFailed, StepState, WorkflowCompleted
-from engine.observe import EngineObserver
-from engine.ops_cli import parse_duration_ms
-from engine.top import TopModel, render
+from engine.ops.cli import build_parser
+from engine.ops.logs import configure_logging
+from engine.ops.top import TopModel, render
+from engine.ops.verbs import parse_duration_ms
+from engine.runtime.metrics import WorkflowMetrics
+from engine.runtime.observe import EngineObserver
 
 from .conftest import ROOT
 
@@ -75,7 +75,7 @@ def test_every_setting_has_an_env_var_a_flag_and_a_row_in_the_readme_table() -> 
 
 
 def test_flags_override_the_environment_and_are_validated() -> None:
-    from engine.cli import _settings
+    from engine.ops.cli import _settings
 
     args = build_parser().parse_args(["--block-ms", "7", "--metrics-port", "9101", "--log-format", "json", "worker"])
     s = _settings(args)

@@ -13,14 +13,14 @@ import fakeredis
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-import engine.store as store_module
+import engine.store.events as store_module
 from engine.client import Client
 from engine.config import Settings
+from engine.core.model import StepWaiting
 from engine.errors import StoreUnavailable
-from engine.keys import ENGINE_GROUP, Keys
-from engine.model import StepWaiting
-from engine.store import OK, UNAVAILABLE
-from engine.worker import EngineWorker
+from engine.store.events import OK, UNAVAILABLE
+from engine.store.keys import ENGINE_GROUP, Keys
+from engine.workers.engine import EngineWorker
 
 from .conftest import run
 
@@ -96,9 +96,9 @@ def test_the_calls_that_got_through_keep_their_follow_ups(prefix: str, monkeypat
 def test_append_many_reports_each_failed_call(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """UNAVAILABLE for the decisions of a failed call, in request order; StoreUnavailable only
     when no call got through."""
-    from engine.effects import Effects
-    from engine.model import WorkflowStarted
-    from engine.store import AppendRequest, Store
+    from engine.core.model import WorkflowStarted
+    from engine.store.events import AppendRequest, Store
+    from engine.store.plan import Effects
 
     keys = Keys(prefix, 4)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from engine.keys import Keys
+from engine.store.keys import Keys
 
 from .conftest import eventually, run
 from .helpers import Cluster

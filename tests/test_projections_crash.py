@@ -19,9 +19,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.client import Client
-from engine.codec import command_fields
 from engine.config import Settings
-from engine.keys import Keys
+from engine.core.codec import command_fields
+from engine.store.keys import Keys
 from projections import PROJECTIONS, Queries
 from projections.base import dumps
 from projections.keys import ViewKeys, group_name
@@ -92,7 +92,7 @@ def test_sigkill_a_projector_mid_run(settings: Settings, tmp_path: Path) -> None
         await client.register(DEFINITION)
         for name in ("w1", "w2"):
             procs[name] = spawn(["worker"], env, tmp_path / f"{name}.log")
-        procs["a1"] = spawn(["activities", "--module", "engine.demo_handlers"], env, tmp_path / "a1.log")
+        procs["a1"] = spawn(["activities", "--module", "engine.dev.demo_handlers"], env, tmp_path / "a1.log")
         procs["p1"] = spawn(["projector"], env, tmp_path / "p1.log")
         procs["p2"] = spawn(["projector"], env, tmp_path / "p2.log")
         ids = [f"pc-{i}" for i in range(INSTANCES)]

@@ -6,14 +6,15 @@ correlation id; a rebuild while running reproduces the live read models."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from engine.config import Settings
-from engine.keys import Keys
+from engine.store.keys import Keys
 from projections import Projector, Queries, Rebuilder
 from projections.keys import ViewKeys
 

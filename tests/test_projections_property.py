@@ -12,12 +12,13 @@ from typing import Any
 
 import fakeredis
 import orjson
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from engine.config import Settings
-from engine.evolve import fold_stored
-from engine.keys import Keys
-from engine.model import (
+from engine.core.evolve import fold_stored
+from engine.core.model import (
     INITIAL,
     CommandRejected,
     Event,
@@ -37,7 +38,8 @@ from engine.model import (
     WorkflowStarted,
     encode,
 )
-from engine.store import event_type
+from engine.store.events import event_type
+from engine.store.keys import Keys
 from projections import PROJECTIONS, Projector, Rebuilder
 from projections.base import Applied, dumps
 from projections.keys import ViewKeys, group_name

@@ -13,8 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.config import Settings
-from engine.keys import Keys
-from engine.model import (
+from engine.core.model import (
     Event,
     StepError,
     StepScheduled,
@@ -23,6 +22,7 @@ from engine.model import (
     WorkflowFailed,
     WorkflowStarted,
 )
+from engine.store.keys import Keys
 from projections import PROJECTIONS, Queries
 from projections.base import Applied, Call, Ops, dumps
 from projections.keys import ViewKeys

@@ -12,9 +12,7 @@ import orjson
 import pytest
 
 from engine.config import Settings
-from engine.errors import InvalidInput, NotFound
-from engine.keys import Keys
-from engine.model import (
+from engine.core.model import (
     Event,
     StepCompleted,
     StepError,
@@ -25,6 +23,8 @@ from engine.model import (
     WorkflowCreated,
     WorkflowStarted,
 )
+from engine.errors import InvalidInput, NotFound
+from engine.store.keys import Keys
 from projections import PROJECTIONS, Projector, Queries
 from projections.base import Applied
 from projections.executions import fold_record

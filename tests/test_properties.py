@@ -31,12 +31,10 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine.decider import decide, decide_and_fold, step_done
-from engine.definition import Definition, Step, parse_definition
-from engine.effects import plan, timer_member
-from engine.evolve import evolve, fold, fold_stored
-from engine.keys import Keys
-from engine.model import (
+from engine.core.decide import decide, decide_and_fold, step_done
+from engine.core.definition import Definition, Step, parse_definition
+from engine.core.evolve import evolve, fold, fold_stored
+from engine.core.model import (
     INITIAL,
     STATUS_CANCELLED,
     STATUS_COMPENSATED,
@@ -88,6 +86,8 @@ from engine.model import (
     WorkflowFailed,
     WorkflowRetried,
 )
+from engine.store.keys import Keys
+from engine.store.plan import plan, timer_member
 
 # FOLDFLOW_PROPERTY_EXAMPLES raises the count for a longer hunt than CI's (the default).
 SETTINGS = settings(deadline=None, max_examples=int(os.environ.get("FOLDFLOW_PROPERTY_EXAMPLES", "200")),

@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.decider import decide_and_fold  # noqa: E402
-from engine.definition import parse_definition  # noqa: E402
-from engine.evolve import evolve, fold_stored  # noqa: E402
-from engine.model import INITIAL, COMMAND_TYPES, Envelope, Event, State, decode_event, encode  # noqa: E402
+from engine.core.decide import decide_and_fold  # noqa: E402
+from engine.core.definition import parse_definition  # noqa: E402
+from engine.core.evolve import evolve, fold_stored  # noqa: E402
+from engine.core.model import COMMAND_TYPES, INITIAL, Envelope, Event, State, decode_event, encode  # noqa: E402
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
@@ -177,7 +177,7 @@ SCRIPTS: dict[str, list[tuple[int, dict[str, Any], str | None]]] = {
 
 
 def record() -> None:
-    source = orjson.loads((ROOT / "engine" / "examples" / "agent-task-execution.json").read_bytes())
+    source = orjson.loads((ROOT / "engine" / "dev" / "examples" / "agent-task-execution.json").read_bytes())
     definition = parse_definition(source)
     HISTORIES.mkdir(exist_ok=True)
     for name, script in SCRIPTS.items():

@@ -17,8 +17,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -26,17 +27,17 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from engine.activities import ActivityWorker, Registry
 from engine.client import Client
-from engine.codec import MAX_CMD_ID_CHARS, decode_command_entry
 from engine.config import Settings
-from engine.connection import connect
-from engine.embedded import free_port
+from engine.core.codec import MAX_CMD_ID_CHARS, decode_command_entry
+from engine.core.model import Task
+from engine.dev.embedded import free_port
 from engine.errors import InvalidInput, PoisonMessage, UnknownInstance
-from engine.keys import Keys
-from engine.model import Task
-from engine.router import decode_event_fields
-from engine.worker import EngineWorker
+from engine.store.connection import connect
+from engine.store.keys import Keys
+from engine.workers.activities import ActivityWorker, Registry
+from engine.workers.engine import EngineWorker
+from engine.workers.router import decode_event_fields
 from projections.queries import Queries
 
 from .conftest import ROOT, eventually, run
@@ -164,13 +165,13 @@ def role_env(url: str, metrics_port: int) -> dict[str, str]:
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=env, stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "engine.ops.cli", *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
             return int(resp.status), resp.read().decode()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read().decode()
@@ -214,7 +215,7 @@ def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_p
         definition, _ = await admin.register(agent_example)
         await admin.close()
         procs["engine"] = spawn(["worker"], role_env(url("engine"), ports["engine"]), tmp_path / "engine.log")
-        procs["activities"] = spawn(["activities", "--module", "engine.demo_handlers"],
+        procs["activities"] = spawn(["activities", "--module", "engine.dev.demo_handlers"],
                                     role_env(url("activities"), ports["activities"]), tmp_path / "activities.log")
         procs["projector"] = spawn(["projector", "--trim-every", "0.5"],
                                    role_env(url("projector"), ports["projector"]), tmp_path / "projector.log")
@@ -291,7 +292,7 @@ def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_p
         admin_env = role_env(url("admin"), 0)
         for verb in (["dlq", "list"], ["projector", "status"], ["stuck", "--older-than", "1ms", "--deep"],
                      ["top", "--once"], ["health", "dependencies", "--direct"]):
-            done = subprocess.run([sys.executable, "-m", "engine.cli", *verb], env=admin_env, cwd=ROOT,
+            done = subprocess.run([sys.executable, "-m", "engine.ops.cli", *verb], env=admin_env, cwd=ROOT,
                                   capture_output=True, text=True, timeout=30)
             assert done.returncode == 0, (verb, done.stdout[-1000:], done.stderr[-2000:])
         for name, proc in procs.items():
@@ -512,7 +513,7 @@ def test_tls_passes_through(tmp_path: Path, prefix: str) -> None:
 def test_mutual_tls(tmp_path: Path, prefix: str) -> None:
     """``--tls-auth-clients yes``: Redis takes only clients with a certificate from its CA. The
     ``ssl_certfile`` / ``ssl_keyfile`` query parameters of the URL (redis-py's from_url passes
-    them on, engine.connection.connect adds nothing) are all a role needs, in process and as a
+    them on, engine.store.connection.connect adds nothing) are all a role needs, in process and as a
     ``foldflow worker`` process given nothing but REDIS_URL."""
     binary = redis_binary()
     if not shutil.which("openssl"):

@@ -11,20 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import fakeredis
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from engine.consumer import GroupReader
-from engine.definition import version_sort_key
-from engine.effects import Effects, timer_member, wait_member
-from engine.errors import ConfigError, DefinitionConflict
-from engine.keys import ACTIVITY_GROUP, ENGINE_GROUP, Keys
-from engine.model import (
+from engine.core.definition import version_sort_key
+from engine.core.model import (
     INITIAL,
     CommandRejected,
     Event,
@@ -34,7 +31,11 @@ from engine.model import (
     decode_event,
     encode,
 )
-from engine.store import CONFLICT, FENCED, NOT_OWNER, OK, AppendRequest, AppendResult, Store
+from engine.errors import ConfigError, DefinitionConflict
+from engine.runtime.consume import GroupReader
+from engine.store.events import CONFLICT, FENCED, NOT_OWNER, OK, AppendRequest, AppendResult, Store
+from engine.store.keys import ACTIVITY_GROUP, ENGINE_GROUP, Keys
+from engine.store.plan import Effects, timer_member, wait_member
 
 from .conftest import eventually, run
 
@@ -450,8 +451,8 @@ _SUBPROCESS_WRITER = """
 import asyncio, sys
 sys.path.insert(0, sys.argv[1])
 import redis.asyncio as aioredis
-from engine.keys import Keys
-from engine.store import Store
+from engine.store.keys import Keys
+from engine.store.events import Store
 from tests.test_store import PARTITIONS, writer_loop
 
 async def main(url, prefix, iid, name, n):

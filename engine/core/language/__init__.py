@@ -1,0 +1,1 @@
+"""The expression language of definitions: templates, conditions, JSON schemas; parsed, never evaluated."""

@@ -1,0 +1,272 @@
+"""Parse the expression inside a template into a small tree of nodes.
+
+Hand-written tokenizer and recursive descent, so that definition text can
+never reach ``eval``: the only names that do anything are the path roots in
+``ROOTS`` and the functions in ``FUNCTIONS``, both fixed here. Lookups walk
+mappings by key and lists by index, never attributes.
+
+Grammar, inside ``{{ }}`` (``${ }`` accepts a path only)::
+
+    expr := call | path | literal
+    call := NAME "(" [expr ("," expr)*] ")"
+    path := ROOT ("." (IDENT | INDEX))*
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import orjson
+
+ROOTS: Final = frozenset({"input", "context", "steps", "response", "workflow", "event", "item", "index", "signals"})
+MAX_DEPTH: Final = 8
+_MAX_NUMBER_CHARS: Final = 64  # int("9" * 5000) raises, and nothing real needs more
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+    |(?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)(?![A-Za-z0-9_.])
+    |(?P<path>[A-Za-z_][A-Za-z0-9_-]*(?:\.(?:[A-Za-z_][A-Za-z0-9_-]*|\d+))*)
+    |(?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+    |(?P<punct>[(),])
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_ESCAPES: Final = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
+_KEYWORDS: Final[dict[str, Any]] = {"true": True, "false": False, "null": None}
+
+
+class TemplateError(ValueError):
+    """Malformed template text; the message names the problem and the text."""
+
+
+class MissingValue(LookupError):
+    """A template path that does not resolve against the render scope."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)  # args stay (path,) so the error pickles round-trip
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"no value at {self.path}"
+
+
+def to_text(value: Any) -> str:
+    """How a value reads when interpolated into a longer string."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return str(value)  # scope values come from the engine; still never fail a render on them
+
+
+class Path:
+    __slots__ = ("keys", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        # A digit segment is also tried as a mapping key, so keep both spellings.
+        self.keys = tuple((k, int(k) if k.isdigit() else None) for k in text.split("."))
+
+    def evaluate(self, scope: Mapping[str, Any]) -> Any:
+        current: Any = scope
+        for key, index in self.keys:
+            if isinstance(current, Mapping):
+                if key not in current:
+                    raise MissingValue(self.text)
+                current = current[key]
+            elif index is not None and isinstance(current, (list, tuple)) and index < len(current):
+                current = current[index]
+            else:
+                raise MissingValue(self.text)
+        return current
+
+
+class Literal:
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def evaluate(self, scope: Mapping[str, Any]) -> Any:
+        return self.value
+
+
+class Call:
+    __slots__ = ("args", "function")
+
+    def __init__(self, function: Callable[..., Any], args: Sequence[Node]) -> None:
+        self.function = function
+        self.args = tuple(args)
+
+    def evaluate(self, scope: Mapping[str, Any]) -> Any:
+        return self.function(*(arg.evaluate(scope) for arg in self.args))
+
+
+class Default:
+    """``default(expr, fallback)``: the fallback only when expr is missing, not when null."""
+
+    __slots__ = ("expr", "fallback")
+
+    def __init__(self, expr: Node, fallback: Node) -> None:
+        self.expr = expr
+        self.fallback = fallback
+
+    def evaluate(self, scope: Mapping[str, Any]) -> Any:
+        try:
+            return self.expr.evaluate(scope)
+        except MissingValue:
+            return self.fallback.evaluate(scope)
+
+
+Node = Path | Literal | Call | Default
+
+
+def _hash(value: Any) -> str:
+    data = value.encode() if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _len(value: Any) -> int:
+    if isinstance(value, (str, list, tuple, Mapping)):
+        return len(value)
+    raise TemplateError(f"len() needs a string, list or object, got {type(value).__name__}")
+
+
+FUNCTIONS: Final[dict[str, Callable[[Any], Any]]] = {
+    "hash": _hash,
+    "lower": lambda v: to_text(v).lower(),
+    "upper": lambda v: to_text(v).upper(),
+    "len": _len,
+    "str": to_text,
+}
+_FUNCTION_NAMES: Final = ", ".join(sorted([*FUNCTIONS, "default"]))
+
+
+def tokenize(text: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise TemplateError(f"unexpected {text[pos]!r} at offset {pos}")
+        kind = match.lastgroup
+        assert kind is not None
+        if kind != "ws":
+            tokens.append((kind, match.group()))
+        pos = match.end()
+    return tokens
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = tokenize(text)
+        self.pos = 0
+
+    def peek(self) -> tuple[str, str]:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else ("end", "")
+
+    def take(self, value: str) -> None:
+        kind, found = self.peek()
+        if found != value or kind != "punct":
+            raise TemplateError(f"expected {value!r}, found {found or 'end of expression'!r}")
+        self.pos += 1
+
+    def expression(self, depth: int = 0) -> Node:
+        if depth > MAX_DEPTH:
+            raise TemplateError(f"function calls nested deeper than {MAX_DEPTH}")
+        kind, text = self.peek()
+        self.pos += 1
+        if kind == "number":
+            return Literal(_number(text))
+        if kind == "string":
+            return Literal(_unquote(text))
+        if kind != "path":
+            raise TemplateError(f"expected a path, literal or call, found {text or 'end of expression'!r}")
+        if self.peek() == ("punct", "("):
+            return self.call(text, depth)
+        if text in _KEYWORDS:
+            return Literal(_KEYWORDS[text])
+        return path(text)
+
+    def call(self, name: str, depth: int) -> Node:
+        if name != "default" and name not in FUNCTIONS:
+            raise TemplateError(f"unknown function {name!r} (known: {_FUNCTION_NAMES})")
+        self.take("(")
+        args: list[Node] = []
+        while self.peek() != ("punct", ")"):
+            if self.peek()[0] == "end":
+                raise TemplateError(f"unbalanced parentheses: {name}( is never closed")
+            if args:
+                self.take(",")
+            args.append(self.expression(depth + 1))
+        self.take(")")
+        wanted = 2 if name == "default" else 1
+        if len(args) != wanted:
+            raise TemplateError(f"{name}() takes {wanted} argument(s), got {len(args)}")
+        if name == "default":
+            return Default(args[0], args[1])
+        return Call(FUNCTIONS[name], args)
+
+    def finish(self) -> None:
+        kind, text = self.peek()
+        if kind != "end":
+            raise TemplateError(f"unexpected {text!r} after the expression")
+
+
+def path(text: str) -> Path:
+    """A checked path; ``text`` must already be a single path token."""
+    root = text.split(".", 1)[0]
+    if root not in ROOTS:
+        raise TemplateError(f"unknown root {root!r} (allowed: {', '.join(sorted(ROOTS))})")
+    return Path(text)
+
+
+def parse_expression(text: str) -> Node:
+    parser = _Parser(text)
+    if parser.peek()[0] == "end":
+        raise TemplateError("empty expression")
+    node = parser.expression()
+    parser.finish()
+    return node
+
+
+def parse_path(text: str) -> Path:
+    tokens = tokenize(text)
+    if not tokens:
+        raise TemplateError("empty expression")
+    if len(tokens) != 1 or tokens[0][0] != "path":
+        raise TemplateError(f"expected a path like context.x, found {text!r}")
+    return path(tokens[0][1])
+
+
+def _number(text: str) -> int | float:
+    if len(text) > _MAX_NUMBER_CHARS:
+        raise TemplateError(f"number literal longer than {_MAX_NUMBER_CHARS} characters")
+    if text.lstrip("-").isdigit():
+        return int(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise TemplateError(f"number literal out of range: {text}")
+    return value
+
+
+def _unquote(text: str) -> str:
+    body, out, i = text[1:-1], [], 0
+    while i < len(body):
+        char = body[i]
+        if char == "\\":
+            escaped = body[i + 1]  # the token regex guarantees a character follows
+            if escaped not in _ESCAPES:
+                raise TemplateError(f"unknown escape \\{escaped} in string literal")
+            char, i = _ESCAPES[escaped], i + 1
+        out.append(char)
+        i += 1
+    return "".join(out)

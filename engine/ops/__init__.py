@@ -1,0 +1,1 @@
+"""The operator surface: the CLI and its verbs, dead letters, top, logs."""

@@ -1,0 +1,318 @@
+"""The `foldflow` command line. Output is JSON; errors are one clear line on
+stderr and a non-zero exit (2: the input is wrong, 1: not found or failed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from engine.config import Settings, from_env
+from engine.core.definition import DefinitionError, load_definition_file
+from engine.errors import ConfigError, DefinitionConflict, EngineError, InvalidInput, NotFound, StoreUnavailable
+from engine.store.connection import connect
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+
+
+def _load_json_arg(text: str, what: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k, None) for k in Settings.__struct_fields__}  # every setting has a flag
+    return from_env(**overrides)
+
+
+async def _with_client(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) -> int:
+    from engine.client import Client
+
+    settings = _settings(args)
+    client = Client.from_url(settings.redis_url, settings)
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+
+
+# -- verbs ------------------------------------------------------------------
+async def cmd_register(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        with open(args.file, "rb") as fh:  # noqa: ASYNC230 - the definition file, read once before any await matters
+            raw = fh.read()
+        fmt = "yaml" if args.file.endswith((".yaml", ".yml")) else None
+        definition, created = await client.register(raw, fmt=fmt, name=args.name, version=args.version)
+        print(_json({"name": definition.name, "version": definition.version, "steps": len(definition.steps),
+                     "created": created}))
+        return 0
+
+    # Validate before touching Redis: a bad file gets every problem even with no Redis at hand.
+    load_definition_file(args.file, name=args.name, version=args.version)
+    return await _with_client(args, go)
+
+
+async def cmd_validate(args: argparse.Namespace) -> int:
+    definition = load_definition_file(args.file, name=args.name, version=args.version)
+    print(_json({"name": definition.name, "version": definition.version, "valid": True,
+                 "steps": [s.name for s in definition.steps]}))
+    return 0
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    context = _load_json_arg(args.context, "--context")
+    if not isinstance(context, dict):
+        raise InvalidInput("--context must be a JSON object")
+
+    async def go(client: Any) -> int:
+        iid = await client.start(args.workflow, context, version=args.version,
+                                 correlation_id=args.correlation_id, instance_id=args.id)
+        print(iid)
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        print(_json(await client.status(args.id)))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        print(_json(await client.history(args.id)))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_control(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        kwargs: dict[str, Any] = {}
+        if args.verb in ("cancel", "pause") and args.reason:
+            kwargs["reason"] = args.reason
+        if args.verb == "retry":
+            kwargs["from_step"] = args.from_step
+            if args.input is not None:
+                if args.from_step is None:
+                    raise InvalidInput("--input needs --from-step: the step the edited input is for")
+                kwargs["input"] = _load_json_arg(args.input, "--input")
+        entry = await getattr(client, args.verb)(args.id, **kwargs)
+        print(_json({"id": args.id, "command": args.verb, "entry_id": entry}))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_signal(args: argparse.Namespace) -> int:
+    payload = _load_json_arg(args.payload, "--payload")
+
+    async def go(client: Any) -> int:
+        entry = await client.signal(args.id, args.name, payload)
+        print(_json({"id": args.id, "command": "signal", "name": args.name, "entry_id": entry}))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_definitions_list(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        print(_json(await client.definitions()))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_definitions_show(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        definition = await client.definition(args.name, args.version)
+        print(_json({"name": definition.name, "version": definition.version,
+                     "versions": await client.store.definition_versions(definition.name),
+                     "document": await client.definition_document(definition.name, definition.version)}))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def cmd_publish(args: argparse.Namespace) -> int:
+    data = _load_json_arg(args.data, "--data")
+    if not isinstance(data, dict):
+        raise InvalidInput("--data must be a JSON object")
+
+    async def go(client: Any) -> int:
+        entry = await client.publish(args.type, data, correlation_id=args.correlation_id)
+        print(_json({"type": args.type, "entry_id": entry}))
+        return 0
+
+    return await _with_client(args, go)
+
+
+async def _serve(make: Callable[[Any, Settings], Any], args: argparse.Namespace) -> int:
+    from engine.runtime.lifecycle import serve
+
+    settings = _settings(args)  # every problem with the settings, at start
+    client = connect(settings.redis_url)
+    try:
+        # Metrics + health (FOLDFLOW_METRICS_PORT), heartbeat, graceful SIGTERM/SIGINT.
+        return await serve(make(client, settings), client, settings)
+    finally:
+        await client.aclose()
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    from engine.workers.engine import EngineWorker
+
+    return await _serve(lambda r, s: EngineWorker(r, s), args)
+
+
+async def cmd_activities(args: argparse.Namespace) -> int:
+    from engine.workers.activities import ActivityWorker, import_handlers
+
+    sys.path.insert(0, os.getcwd())
+    for module in args.module:
+        import_handlers(module)
+    return await _serve(lambda r, s: ActivityWorker(r, s, services=args.service or None), args)
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.dev.demo import run_demo
+
+    return await run_demo(instances=args.instances, url=os.environ.get("REDIS_URL"), verbose=not args.quiet)
+
+
+# -- parser -----------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="foldflow", description="Durable workflows on Redis Streams.")
+    p.add_argument("--log-level", default=os.environ.get("FOLDFLOW_LOG_LEVEL"),
+                   help="DEBUG, INFO, WARNING, ... (FOLDFLOW_LOG_LEVEL; default INFO, WARNING for the demo)")
+    p.add_argument("--prefix", help="key prefix (FOLDFLOW_PREFIX, default ff)")
+    p.add_argument("--partitions", type=int, help="partition count (FOLDFLOW_PARTITIONS, default 8)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("definitions", help="register or validate workflow definitions")
+    dsub = d.add_subparsers(dest="dcmd", required=True)
+    for name, fn in (("register", cmd_register), ("validate", cmd_validate)):
+        x = dsub.add_parser(name)
+        x.add_argument("file")
+        x.add_argument("--name", help="name for a bare definition")
+        x.add_argument("--version", help="version for a bare definition")
+        x.set_defaults(fn=fn)
+    x = dsub.add_parser("list", help="registered definitions and their versions")
+    x.set_defaults(fn=cmd_definitions_list)
+    x = dsub.add_parser("show", help="one definition (the latest version unless --version)")
+    x.add_argument("name")
+    x.add_argument("--version")
+    x.set_defaults(fn=cmd_definitions_show)
+
+    x = sub.add_parser("start", help="start an instance; prints its id")
+    x.add_argument("workflow")
+    x.add_argument("--context", default="{}")
+    x.add_argument("--version")
+    x.add_argument("--correlation-id")
+    x.add_argument("--id")
+    x.set_defaults(fn=cmd_start)
+
+    for name, fn in (("status", cmd_status), ("history", cmd_history)):
+        x = sub.add_parser(name)
+        x.add_argument("id")
+        x.set_defaults(fn=fn)
+
+    for verb in ("cancel", "pause", "resume", "retry"):
+        x = sub.add_parser(verb, help=f"{verb} an instance")
+        x.add_argument("id")
+        if verb in ("cancel", "pause"):
+            x.add_argument("--reason")
+        if verb == "retry":
+            x.add_argument("--from-step", help="rewind to this step: it and everything after it run again")
+            x.add_argument("--input", help="edited input (JSON) for --from-step, recorded in the history")
+        x.set_defaults(fn=cmd_control, verb=verb)
+
+    x = sub.add_parser("signal", help="deliver a named payload to a running instance")
+    x.add_argument("id")
+    x.add_argument("name")
+    x.add_argument("--payload", default="null", help="JSON")
+    x.set_defaults(fn=cmd_signal)
+
+    e = sub.add_parser("events", help="external events")
+    esub = e.add_subparsers(dest="ecmd", required=True)
+    x = esub.add_parser("publish")
+    x.add_argument("type")
+    x.add_argument("--data", default="{}")
+    x.add_argument("--correlation-id")
+    x.set_defaults(fn=cmd_publish)
+
+    x = sub.add_parser("worker", help="run an engine worker")
+    x.add_argument("--batch-size", type=int)
+    x.add_argument("--consumer")
+    x.set_defaults(fn=cmd_worker)
+
+    x = sub.add_parser("activities", help="run an activity worker")
+    x.add_argument("--module", action="append", required=True, help="module whose @activity handlers to serve")
+    x.add_argument("--service", action="append", help="serve only these services")
+    x.add_argument("--concurrency", type=int)
+    x.add_argument("--consumer")
+    x.set_defaults(fn=cmd_activities)
+
+    x = sub.add_parser("demo", help="run the agent-task-execution demo (embedded Redis when REDIS_URL is unset)")
+    x.add_argument("--instances", type=int, default=5)
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(fn=cmd_demo)
+    from engine.ops.verbs import add_commands as add_ops_commands
+    add_ops_commands(sub, p)
+    from projections.cli import add_commands
+    add_commands(sub)
+    from engine.ops.dlq_cli import add_commands as add_dlq_commands
+    add_dlq_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = args.log_level or ("WARNING" if args.cmd == "demo" else "INFO")
+    from engine.ops.logs import LOG_FORMATS_ENV, configure_logging
+
+    configure_logging(level, getattr(args, "log_format", None) or os.environ.get(LOG_FORMATS_ENV) or "text")
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        runner = asyncio.run
+    try:
+        return int(runner(args.fn(args)))
+    except DefinitionError as exc:
+        print(f"foldflow: invalid definition ({len(exc.problems)} problems):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem.path}: {problem.message}", file=sys.stderr)
+        return 2
+    except (InvalidInput, ConfigError, DefinitionConflict) as exc:
+        print(f"foldflow: {exc}", file=sys.stderr)
+        return 2
+    except NotFound as exc:
+        print(f"foldflow: not found: {exc}", file=sys.stderr)
+        return 1
+    except (StoreUnavailable, EngineError, OSError) as exc:
+        print(f"foldflow: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        print(f"foldflow: Redis error ({from_env().redis_url}): {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

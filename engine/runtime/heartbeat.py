@@ -1,0 +1,118 @@
+"""Worker heartbeats: every worker process (engine, activities, projector, ...)
+writes who it is, its role and its counters into Redis, so `foldflow top`,
+`foldflow stuck` and the metrics know which workers are alive and what they
+serve (streams.md, "Worker heartbeats").
+
+- ``<prefix>:hb:<consumer>``: hash, expires after 3 heartbeat intervals;
+- ``<prefix>:heartbeats``: sorted set, member = consumer, score = last beat (ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from engine.runtime.metrics import worker_counters
+from engine.store.connection import Redis
+from engine.store.keys import Keys
+
+log = logging.getLogger("foldflow.heartbeat")
+
+
+def heartbeat_key(keys: Keys, consumer: str) -> str:
+    return f"{keys.prefix}:hb:{consumer}"
+
+
+def heartbeats_index(keys: Keys) -> str:
+    return f"{keys.prefix}:heartbeats"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def describe(runner: Any, role: str, consumer: str, version: str, started_ms: int) -> dict[str, Any]:
+    """The heartbeat's fields (values as Redis stores them)."""
+    leases = getattr(runner, "leases", None)
+    fields: dict[str, Any] = {
+        "consumer": consumer, "role": role, "host": socket.gethostname(), "pid": os.getpid(),
+        "version": version, "started_ms": started_ms, "ts": _now_ms(),
+        "counters": orjson.dumps(worker_counters(runner)),
+        "services": orjson.dumps(list(getattr(runner, "services", None) or [])),
+        "partitions": orjson.dumps(sorted(leases.owned) if leases is not None else []),
+    }
+    return fields
+
+
+class Heartbeat:
+    def __init__(self, redis: Redis, keys: Keys, interval_ms: int,
+                 fields: Callable[[], dict[str, Any]], consumer: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.interval_ms = interval_ms
+        self.fields = fields
+        self.consumer = consumer
+        self._stopping = asyncio.Event()
+
+    async def beat(self) -> None:
+        key = heartbeat_key(self.keys, self.consumer)
+        now = _now_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        fields: Any = self.fields()
+        pipe.hset(key, mapping=fields)
+        pipe.pexpire(key, 3 * self.interval_ms)
+        pipe.zadd(heartbeats_index(self.keys), {self.consumer: now})
+        # Index entries of workers gone for an hour are noise: drop them.
+        pipe.zremrangebyscore(heartbeats_index(self.keys), "-inf", now - 3_600_000)
+        await pipe.execute()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.beat()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval_ms / 1000)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        """Stop beating and say goodbye, so the worker disappears from `top` at once."""
+        self._stopping.set()
+        try:
+            await self.beat()  # final counters, then gone
+            await self.redis.delete(heartbeat_key(self.keys, self.consumer))
+            await self.redis.zrem(heartbeats_index(self.keys), self.consumer)
+        except Exception as exc:
+            log.debug("could not remove heartbeat: %s", exc)
+
+
+async def read_heartbeats(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Live workers' heartbeats, decoded, oldest consumer first."""
+    members = [m.decode() if isinstance(m, bytes) else str(m) for m in await redis.zrange(heartbeats_index(keys), 0, -1)]
+    if not members:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for m in members:
+        pipe.hgetall(heartbeat_key(keys, m))
+    out = []
+    for member, raw in zip(members, await pipe.execute()):
+        if not raw:
+            continue  # expired: the worker is gone
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+        out.append({
+            "consumer": h.get("consumer", member), "role": h.get("role", "?"), "host": h.get("host", ""),
+            "pid": int(h.get("pid", 0) or 0), "version": h.get("version", ""),
+            "started_ms": int(h.get("started_ms", 0) or 0), "ts": int(h.get("ts", 0) or 0),
+            "counters": orjson.loads(h.get("counters", "{}")), "services": orjson.loads(h.get("services", "[]")),
+            "partitions": orjson.loads(h.get("partitions", "[]")),
+        })
+    return out

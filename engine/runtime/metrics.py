@@ -1,0 +1,250 @@
+"""Prometheus metrics for every worker role, on an injected CollectorRegistry.
+
+Three sources, so the hot paths carry at most one optional observer call:
+
+- ``WorkflowMetrics``: workflow and step outcomes, durations, errors and
+  retries, derived from the events an engine worker appends (the observer in
+  ``engine.runtime.observe`` feeds it) and from the activity worker's handler runs;
+- ``WorkerCollector``: the counters a worker already keeps (``EngineWorker.stats``,
+  router, timers, cache; ``ActivityWorker.completed/failed/stale``), read at
+  scrape time;
+- ``RedisCollector``: what Redis knows (stream lag and pending per partition
+  and group, dead letters, live workers, stuck instances, circuit breakers),
+  from a snapshot refreshed (asynchronously) just before each scrape.
+
+Labels are bounded: workflow names, step types, services (queues), partitions,
+groups, roles, outcomes. Never an instance id. Counters are exposed with the
+``_total`` suffix the exposition format requires (``workflow_execution_count``
+is scraped as ``workflow_execution_count_total``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+WORKFLOW_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, float("inf"))
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, float("inf"))
+
+
+class WorkflowMetrics:
+    """The metric families services dashboard, by workflow, step type and outcome."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.executions = Counter(
+            "workflow_execution_count", "Workflow instances that reached a final status.",
+            ["workflow", "status"], registry=registry)
+        self.execution_seconds = Histogram(
+            "workflow_execution_duration_seconds", "Created to final status, per instance.",
+            ["workflow", "status"], buckets=WORKFLOW_BUCKETS, registry=registry)
+        self.step_seconds = Histogram(
+            "workflow_step_execution_duration_seconds",
+            "A step from its first attempt's dispatch (or wait) to its final result.",
+            ["workflow", "step_type", "status"], buckets=STEP_BUCKETS, registry=registry)
+        self.workflow_errors = Counter(
+            "workflow_error_rate", "Workflow failures (rate() it), by error kind.",
+            ["workflow", "kind"], registry=registry)
+        self.step_errors = Counter(
+            "step_error_rate", "Failed step attempts (rate() it), by step type and error kind.",
+            ["workflow", "step_type", "kind"], registry=registry)
+        self.retries = Counter(
+            "workflow_retry_count", "Step attempts scheduled again (retry policy, error handler or retry command).",
+            ["workflow", "step_type"], registry=registry)
+        self.transitions = Counter(
+            "foldflow_workflow_events", "Events appended, by workflow and event type.",
+            ["workflow", "event"], registry=registry)
+        self.handler_seconds = Histogram(
+            "foldflow_activity_handler_duration_seconds", "Activity handler run time, by service and outcome.",
+            ["service", "outcome"], buckets=STEP_BUCKETS, registry=registry)
+        self.tasks = Counter(
+            "foldflow_activity_tasks", "Tasks an activity worker ran, by service and outcome.",
+            ["service", "outcome"], registry=registry)
+
+
+def _family(kind: str, name: str, doc: str, labels: list[str] | None = None) -> Any:
+    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    return cls(name, doc, labels=labels or [])
+
+
+# What a worker's own counters mean: attribute path -> (kind, metric name, help).
+ENGINE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
+    ("stats.commands", "counter", "foldflow_engine_commands", "Inbox entries read."),
+    ("stats.events", "counter", "foldflow_engine_events", "Events appended."),
+    ("stats.ignored", "counter", "foldflow_engine_ignored_commands", "Commands that changed nothing (repeats, late results)."),
+    ("stats.conflicts", "counter", "foldflow_engine_append_conflicts", "Appends refused on version: decided again."),
+    ("stats.diverged", "counter", "foldflow_engine_diverged_histories",
+     "Conflicts where the instance stream lost what a decision was made on (Redis lost writes): reloaded."),
+    ("stats.not_owner", "counter", "foldflow_engine_not_owner", "Entries reclaimed by another worker while held."),
+    ("stats.fenced", "counter", "foldflow_engine_fenced_appends", "Appends refused because the partition lease moved on."),
+    ("stats.dead_lettered", "counter", "foldflow_engine_dead_lettered", "Commands moved to a dead-letter stream."),
+    ("stats.reclaimed", "counter", "foldflow_engine_reclaimed", "Pending commands claimed from other consumers."),
+    ("stats.batches", "counter", "foldflow_engine_batches", "Batches decided."),
+    ("cache.hits", "counter", "foldflow_engine_cache_hits", "Instance states found in the worker's cache."),
+    ("cache.misses", "counter", "foldflow_engine_cache_misses", "Instance states loaded from Redis."),
+    ("router.routed", "counter", "foldflow_router_commands", "Event commands the router sent to waiting instances."),
+    ("router.dead_lettered", "counter", "foldflow_router_dead_lettered", "External events dead-lettered."),
+    ("timers.fired", "counter", "foldflow_timers_fired", "Durable timers moved into the inboxes."),
+    ("stats.large_histories", "counter", "foldflow_engine_large_histories",
+     "Instances whose history crossed FOLDFLOW_HISTORY_WARN_EVENTS."),
+    ("stats.retired", "counter", "foldflow_engine_retired_instances", "Finished instances whose streams were retired."),
+    ("stats.trimmed", "counter", "foldflow_engine_trimmed_entries", "Acknowledged inbox and old event entries trimmed."),
+    ("stats.catchups_swept", "counter", "foldflow_engine_catchups_swept",
+     "Event-wait catch-ups a worker left unconfirmed (it died after its append), done by a sweep."),
+    ("stats.unavailable", "counter", "foldflow_engine_redis_unavailable",
+     "Engine loop turns that met an unavailable Redis: the batch in hand was dropped (it stays pending) and retried."),
+    ("relay.relayed", "counter", "foldflow_relay_commands", "Commands relayed from the outbox to other partitions."),
+    ("reader.nogroup_recoveries", "counter", "foldflow_engine_nogroup_recoveries",
+     "Consumer groups found missing (NOGROUP) and recreated: an alarm."),
+    ("store.under_replicated", "counter", "foldflow_engine_under_replicated_batches",
+     "Batches of writes fewer replicas than FOLDFLOW_WAIT_REPLICAS acknowledged in time."),
+)
+ACTIVITY_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
+    ("completed", "counter", "foldflow_activity_completed", "Task results reported as completed."),
+    ("failed", "counter", "foldflow_activity_failed", "Task results reported as failed."),
+    ("stale", "counter", "foldflow_activity_stale_results", "Late results dropped: the task was reclaimed."),
+    ("breakers.opened", "counter", "foldflow_activity_breaker_opened", "Times this worker saw a circuit breaker open."),
+)
+
+
+def _attr(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def worker_counters(runner: Any) -> dict[str, int]:
+    """A worker's counters as a flat dict (for heartbeats and `foldflow top`)."""
+    out: dict[str, int] = {}
+    for path, _, _, _ in ENGINE_COUNTERS + ACTIVITY_COUNTERS:
+        value = _attr(runner, path)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[path.replace("stats.", "").replace(".", "_")] = value
+    stats = getattr(runner, "stats", None)  # a projector or any other role: whatever it counts
+    if stats is not None and not hasattr(stats, "conflicts"):
+        raw = stats.as_dict() if hasattr(stats, "as_dict") else vars(stats)
+        out.update({str(k): int(v) for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)})
+    return out
+
+
+class WorkerCollector(Collector):
+    """Reads a worker's own counters at scrape time (no hook on its hot path)."""
+
+    def __init__(self, runner: Any, role: str, consumer: str, version: str) -> None:
+        self.runner = runner
+        self.role = role
+        self.consumer = consumer
+        self.version = version
+        self.started = time.time()
+
+    def collect(self) -> Iterable[Metric]:
+        info = _family("gauge", "foldflow_worker_info", "This worker's role and foldflow version (always 1).",
+                       ["role", "version"])
+        info.add_metric([self.role, self.version], 1)
+        yield info
+        up = _family("gauge", "foldflow_worker_start_time_seconds", "When this worker started (unix time).")
+        up.add_metric([], self.started)
+        yield up
+        for path, kind, name, doc in ENGINE_COUNTERS + ACTIVITY_COUNTERS:
+            value = _attr(self.runner, path)
+            if isinstance(value, int) and not isinstance(value, bool):
+                fam = _family(kind, name, doc)
+                fam.add_metric([], value)
+                yield fam
+        cache = getattr(self.runner, "cache", None)
+        if cache is not None and hasattr(cache, "hits"):
+            total = cache.hits + cache.misses
+            ratio = _family("gauge", "foldflow_engine_cache_hit_ratio", "Cache hits / lookups since start (0 when none).")
+            ratio.add_metric([], cache.hits / total if total else 0.0)
+            yield ratio
+            size = _family("gauge", "foldflow_engine_cache_instances", "Instance states in the cache now.")
+            size.add_metric([], len(cache))
+            yield size
+        leases = getattr(self.runner, "leases", None)
+        if leases is not None:
+            owned = _family("gauge", "foldflow_engine_partitions_owned", "Partitions this worker holds the lease of.")
+            owned.add_metric([], len(leases.owned))
+            yield owned
+        running = getattr(self.runner, "_running", None)
+        if running is not None:
+            fam = _family("gauge", "foldflow_activity_tasks_running", "Handlers running now in this worker.")
+            fam.add_metric([], len(running))
+            yield fam
+
+
+class RedisSnapshot:
+    """Cluster gauges read from Redis; refreshed by the ops server before each scrape."""
+
+    def __init__(self) -> None:
+        self.up = 0
+        self.refresh_seconds = 0.0
+        # (group, partition, queue) -> (lag, pending); lag -1 when Redis cannot tell
+        self.streams: dict[tuple[str, str, str], tuple[int, int]] = {}
+        self.dead_letters: dict[str, int] = {}  # partition ("events" for ff:events:dlq) -> length
+        self.workers: dict[str, int] = {}  # role -> live workers
+        self.stuck: int | None = None
+        self.breakers: dict[str, int] = {}  # service -> 0 closed, 1 half-open, 2 open
+
+
+class RedisCollector(Collector):
+    def __init__(self, snapshot: RedisSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self.snapshot
+        up = _family("gauge", "foldflow_redis_up", "1 when the last refresh reached Redis.")
+        up.add_metric([], snap.up)
+        yield up
+        took = _family("gauge", "foldflow_redis_refresh_duration_seconds", "How long reading the Redis gauges took.")
+        took.add_metric([], snap.refresh_seconds)
+        yield took
+        labels = ["group", "partition", "queue"]
+        lag = _family("gauge", "foldflow_stream_lag_entries",
+                      "Entries not yet delivered to the group (-1: Redis cannot tell after a trim).", labels)
+        pending = _family("gauge", "foldflow_stream_pending_entries", "Entries delivered but not acknowledged.", labels)
+        for key, (n_lag, n_pending) in sorted(snap.streams.items()):
+            lag.add_metric(list(key), n_lag)
+            pending.add_metric(list(key), n_pending)
+        yield lag
+        yield pending
+        dlq = _family("gauge", "foldflow_dead_letter_entries", "Entries in a dead-letter stream.", ["partition"])
+        for p, n in sorted(snap.dead_letters.items()):
+            dlq.add_metric([p], n)
+        yield dlq
+        workers = _family("gauge", "foldflow_workers_alive", "Workers with a live heartbeat, by role.", ["role"])
+        for role, n in sorted(snap.workers.items()):
+            workers.add_metric([role], n)
+        yield workers
+        if snap.stuck is not None:
+            stuck = _family("gauge", "foldflow_stuck_instances",
+                            "Instances of this worker's partitions without progress for FOLDFLOW_STUCK_AFTER_MS.")
+            stuck.add_metric([], snap.stuck)
+            yield stuck
+        breaker = _family("gauge", "foldflow_circuit_breaker_state",
+                          "Per service: 0 closed, 1 half-open, 2 open.", ["service"])
+        for service, state in sorted(snap.breakers.items()):
+            breaker.add_metric([service], state)
+        yield breaker
+
+
+def make_registry(runner: Any, role: str, consumer: str, version: str,
+                  snapshot: RedisSnapshot) -> tuple[CollectorRegistry, WorkflowMetrics]:
+    """A fresh registry for one worker: its counters, the Redis gauges, process metrics."""
+    from prometheus_client import PROCESS_COLLECTOR, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry(auto_describe=True)
+    if PROCESS_COLLECTOR is not None:
+        ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    registry.register(WorkerCollector(runner, role, consumer, version))
+    registry.register(RedisCollector(snapshot))
+    return registry, WorkflowMetrics(registry)
+
+
+Clock = Callable[[], float]

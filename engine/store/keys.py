@@ -1,0 +1,126 @@
+"""Every Redis key foldflow touches, in one place (streams.md says it for people).
+
+Everything one instance touches in one atomic step lives in its partition and
+shares the partition's hash tag ``{<prefix>:<p>}``, so the same Lua scripts run
+on one Redis and on Redis Cluster without CROSSSLOT errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.core.ids import (  # noqa: F401 - re-exported for the store's callers
+    INSTANCE_ID_RE,
+    QUEUE_RE,
+    encode_shape,
+    entry_key,
+    filter_digest,
+    filter_shape,
+    partition_of,
+    wait_signature,
+)
+
+ENGINE_GROUP = "engine"
+ROUTER_GROUP = "router"
+ACTIVITY_GROUP = "activities"
+RELAY_GROUP = "relay"
+
+
+class Keys:
+    """Key names for one deployment (a prefix and a partition count)."""
+
+    __slots__ = ("_tags", "partitions", "prefix")
+
+    def __init__(self, prefix: str = "ff", partitions: int = 8) -> None:
+        if partitions < 1:
+            raise ValueError("partitions must be >= 1")
+        self.prefix = prefix
+        self.partitions = partitions
+        self._tags = tuple("{%s:%d}" % (prefix, p) for p in range(partitions))
+
+    # -- global keys -------------------------------------------------------
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    def definition(self, name: str) -> str:
+        return f"{self.prefix}:def:{name}"
+
+    @property
+    def definitions_index(self) -> str:
+        return f"{self.prefix}:defs"
+
+    # -- per partition -----------------------------------------------------
+    def partition(self, instance_id: str) -> int:
+        return partition_of(instance_id, self.partitions)
+
+    def tag(self, p: int) -> str:
+        return self._tags[p]
+
+    def inbox(self, p: int) -> str:
+        return f"{self._tags[p]}:inbox"
+
+    def feed(self, p: int) -> str:
+        return f"{self._tags[p]}:feed"
+
+    def timers(self, p: int) -> str:
+        return f"{self._tags[p]}:timers"
+
+    def dlq(self, p: int) -> str:
+        return f"{self._tags[p]}:dlq"
+
+    def instance(self, instance_id: str, p: int | None = None) -> str:
+        if p is None:
+            p = self.partition(instance_id)
+        return f"{self._tags[p]}:i:{instance_id}"
+
+    def tasks(self, p: int, queue: str) -> str:
+        return f"{self._tags[p]}:tasks:{queue}"
+
+    def snapshot(self, p: int, instance_id: str) -> str:
+        return f"{self._tags[p]}:snap:{instance_id}"
+
+    def finished(self, p: int) -> str:
+        return f"{self._tags[p]}:finished"
+
+    def catchups(self, p: int) -> str:
+        """Sorted set: event waits registered whose catch-up is not confirmed done yet."""
+        return f"{self._tags[p]}:catchup"
+
+    def outbox(self, p: int) -> str:
+        return f"{self._tags[p]}:outbox"
+
+    def lease(self, p: int) -> str:
+        return f"{self._tags[p]}:lease"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def wait_shapes(self, p: int, event_type: str) -> str:
+        return f"{self._tags[p]}:waitshapes:{event_type}"
+
+    def wait_index(self, p: int, event_type: str, shape: tuple[str, ...], values: list[Any]) -> str:
+        return f"{self._tags[p]}:wait:{event_type}:{filter_digest(shape, values)}"
+
+    def event_shapes(self, event_type: str) -> str:
+        """Filter shapes definitions wait for this event type with (written at registration)."""
+        return f"{self.prefix}:evshapes:{event_type}"
+
+    def event_index(self, event_type: str, shape: tuple[str, ...], values: list[Any]) -> str:
+        """Recent events of a type by filter values: lets a wait find an event published before it began."""
+        return f"{self.prefix}:evidx:{event_type}:{filter_digest(shape, values)}"
+
+    def all_inboxes(self) -> list[str]:
+        return [self.inbox(p) for p in range(self.partitions)]
+
+    def stream_partition(self, key: str) -> int:
+        """Partition of a partition key (inbox, task stream) as read back from XREADGROUP."""
+        return int(key[len(self.prefix) + 2 : key.index("}")])
+
+    inbox_partition = stream_partition
+

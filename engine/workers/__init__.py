@@ -1,0 +1,1 @@
+"""The worker roles: engine, router, relay, timers, activities."""
