@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 
 from engine.client import Client
 from engine.config import Settings
-from engine.store.events import Script
 from engine.store.keys import Keys
+from engine.store.lua import Script
 
 from .harness import (
     bench_settings,

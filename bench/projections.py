@@ -87,7 +87,7 @@ async def catch_up(url: str, instances: int) -> dict[str, Any]:
 
 
 async def under_load(url: str, instances: int) -> dict[str, Any]:
-    from tests.helpers import Cluster  # the engine + activity worker + agent simulator of the tests
+    from tests.support.helpers import Cluster  # the engine + activity worker + agent simulator of the tests
 
     settings = Settings(redis_url=url, prefix="bp2", partitions=8, block_ms=50, timer_poll_ms=20)
     projector = Projector(aioredis.Redis.from_url(url), settings)

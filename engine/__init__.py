@@ -12,13 +12,15 @@ from engine.errors import (
     DefinitionConflict,
     EngineError,
     InvalidInput,
+    InvariantBroken,
     NotFound,
     PoisonMessage,
     StoreUnavailable,
     UnknownInstance,
     UnknownWorkflow,
 )
-from engine.workers.activities import Registry, StepError, activity, default_registry
+from engine.workers.activities import Registry, activity, default_registry
+from engine.workers.handler_errors import StepError
 
 __all__ = [
     "Client",
@@ -28,6 +30,7 @@ __all__ = [
     "DefinitionError",
     "EngineError",
     "InvalidInput",
+    "InvariantBroken",
     "NotFound",
     "PoisonMessage",
     "Registry",

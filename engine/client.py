@@ -15,20 +15,24 @@ from typing import Any
 import orjson
 
 from engine.config import Settings
-from engine.core.codec import MAX_CMD_ID_CHARS, MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS, command_fields
+from engine.core.codec import MAX_CMD_ID_CHARS, MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS, check_length, command_fields
 from engine.core.definition import Definition, version_sort_key
 from engine.core.evolve import fold_stored
+from engine.core.ids import INSTANCE_ID_RE
 from engine.core.language.schema import violations
 from engine.core.model import INITIAL, STATUS_NONE, TERMINAL, State, encode
 from engine.errors import InvalidInput, UnknownInstance, UnknownWorkflow
 from engine.store.catalog import Catalog
 from engine.store.connection import Redis, connect
+from engine.store.errors import translate_methods
 from engine.store.events import Store, event_type
-from engine.store.keys import INSTANCE_ID_RE, Keys
+from engine.store.keys import Keys
+from engine.store.replies import text
 
 FINAL_STATUSES = frozenset(TERMINAL | {"failed"})
 
 
+@translate_methods
 class Client:
     def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
@@ -61,14 +65,14 @@ class Client:
 
     async def definitions(self) -> list[dict[str, Any]]:
         """Every registered definition: name, versions (oldest first) and latest."""
-        names = sorted(n.decode() if isinstance(n, bytes) else n
+        names = sorted(text(n)
                        for n in await self.redis.smembers(self.keys.definitions_index))
         out = []
         for name in names:
             versions = sorted(await self.store.definition_versions(name), key=version_sort_key)
             latest = await self.redis.hget(self.keys.definition(name), "latest")
             out.append({"name": name, "versions": versions,
-                        "latest": latest.decode() if isinstance(latest, bytes) else latest})
+                        "latest": text(latest)})
         return out
 
     async def definition_document(self, name: str, version: str) -> Any:
@@ -130,10 +134,10 @@ class Client:
     async def send(self, type_: str, instance_id: str, data: Mapping[str, Any], *, cmd_id: str | None = None) -> str:
         """XADD one command to the instance's partition inbox; returns the entry id."""
         _check_id(instance_id)
-        _check_length("command type", type_, MAX_TYPE_CHARS)
-        _check_length("cmd_id", cmd_id or "", MAX_CMD_ID_CHARS)
+        check_length("type", type_, MAX_TYPE_CHARS, InvalidInput)
+        check_length("cmd_id", cmd_id or "", MAX_CMD_ID_CHARS, InvalidInput)
         corr = data.get("correlation_id")
-        _check_length("correlation_id", corr if isinstance(corr, str) else "", MAX_CORRELATION_ID_CHARS)
+        check_length("correlation_id", corr if isinstance(corr, str) else "", MAX_CORRELATION_ID_CHARS, InvalidInput)
         try:
             fields = command_fields(type_, instance_id, dict(data), cmd_id)
         except TypeError as exc:  # orjson: not JSON, or nested deeper than it encodes
@@ -143,14 +147,14 @@ class Client:
                 f"{type_} data is {len(fields['data'])} bytes, over the limit of {self.settings.max_payload_bytes}"
             )
         entry = await self.redis.xadd(self.keys.inbox(self.keys.partition(instance_id)), fields)  # type: ignore[arg-type]
-        return entry.decode() if isinstance(entry, bytes) else str(entry)
+        return text(entry)
 
     async def publish(self, type_: str, data: Mapping[str, Any], *, correlation_id: str | None = None) -> str:
         """XADD an external event to the events stream; returns its entry id."""
         if not type_:
             raise InvalidInput("an event needs a type")
-        _check_length("event type", type_, MAX_TYPE_CHARS)
-        _check_length("correlation_id", correlation_id or "", MAX_CORRELATION_ID_CHARS)
+        check_length("type", type_, MAX_TYPE_CHARS, InvalidInput)
+        check_length("correlation_id", correlation_id or "", MAX_CORRELATION_ID_CHARS, InvalidInput)
         body = orjson.dumps(dict(data))
         if len(body) > self.settings.max_payload_bytes:
             raise InvalidInput(f"event data is {len(body)} bytes, over the limit of {self.settings.max_payload_bytes}")
@@ -158,7 +162,7 @@ class Client:
         if correlation_id:
             fields["correlation_id"] = correlation_id
         entry = await self.redis.xadd(self.keys.events, fields)
-        return entry.decode() if isinstance(entry, bytes) else str(entry)
+        return text(entry)
 
     # -- reads -------------------------------------------------------------------
     async def state(self, instance_id: str) -> State:
@@ -235,11 +239,6 @@ def status_view(state: State, step_names: list[str]) -> dict[str, Any]:
         "events": state.version,
     }
 
-
-def _check_length(what: str, value: str, limit: int) -> None:
-    """Fail fast on what the engine would dead-letter (streams.md, "Security": per-field limits)."""
-    if len(value) > limit:
-        raise InvalidInput(f"{what} is {len(value)} characters, over the limit of {limit}")
 
 
 def _check_id(instance_id: str) -> None:

@@ -35,5 +35,10 @@ class DefinitionConflict(EngineError):
     """The same (name, version) is already stored with a different body."""
 
 
+class InvariantBroken(EngineError):
+    """An invariant of the engine itself does not hold (a bug, or Redis answering out of contract):
+    report it, never retry the same step blindly."""
+
+
 class InvalidInput(EngineError):
     """A caller's argument is malformed (instance id, JSON, payload too large)."""

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from engine.config import Settings, from_env
+from engine.runtime.lifecycle import CONNECTION, VERB_SETTINGS, setting_flags
 from engine.store.connection import Redis, connect
 from engine.store.keys import Keys
 
@@ -195,26 +196,26 @@ async def cmd_projector_trim(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     names = ", ".join(PROJECTIONS)
-    x = sub.add_parser("projector", help="run the projection worker, or: status | rebuild NAME | trim")
+    conn = setting_flags(*CONNECTION)
+    x = sub.add_parser("projector", parents=[setting_flags(*VERB_SETTINGS["projector"], log_level=True)],
+                       help="run the projection worker, or: status | rebuild NAME | trim")
     x.add_argument("--only", action="append", metavar="NAME", help=f"run only these projections ({names})")
     x.add_argument("--trim-every", type=float, default=0.0, metavar="SECONDS",
                    help="trim the feeds below what every projection group processed, this often (0: never)")
-    x.add_argument("--batch-size", type=int)
-    x.add_argument("--consumer")
     x.set_defaults(fn=cmd_projector)
     psub = x.add_subparsers(dest="pcmd")
-    y = psub.add_parser("status", help="lag per projection and partition")
+    y = psub.add_parser("status", parents=[conn], help="lag per projection and partition")
     y.add_argument("--table", action="store_true")
     y.set_defaults(fn=cmd_projector_status)
-    y = psub.add_parser("rebuild", help="rebuild a read model from the instance streams, while running")
+    y = psub.add_parser("rebuild", parents=[conn], help="rebuild a read model from the instance streams, while running")
     y.add_argument("name", help=f"{names}, or all")
     y.set_defaults(fn=cmd_projector_rebuild)
-    y = psub.add_parser("trim", help="trim the feeds once, below what every projection group processed")
+    y = psub.add_parser("trim", parents=[conn], help="trim the feeds once, below what every projection group processed")
     y.set_defaults(fn=cmd_projector_trim)
 
     e = sub.add_parser("executions", help="query executions (from the read models)")
     esub = e.add_subparsers(dest="xcmd", required=True)
-    y = esub.add_parser("list", help="executions newest first, with filters and a cursor")
+    y = esub.add_parser("list", parents=[conn], help="executions newest first, with filters and a cursor")
     y.add_argument("--status")
     y.add_argument("--workflow")
     y.add_argument("--since", help="ms since epoch, ISO-8601, or an age: 15m, 1h, 2d")
@@ -226,14 +227,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     for verb, fn, what in (("show", cmd_executions_show, "one execution's record"),
                            ("steps", cmd_executions_steps, "its step history, one row per attempt"),
                            ("events", cmd_executions_events, "its lifecycle events")):
-        y = esub.add_parser(verb, help=what)
+        y = esub.add_parser(verb, parents=[conn], help=what)
         y.add_argument("id")
         y.add_argument("--table", action="store_true")
         y.set_defaults(fn=fn)
 
     c = sub.add_parser("correlation", help="everything under a correlation id")
     csub = c.add_subparsers(dest="ccmd", required=True)
-    y = csub.add_parser("show")
+    y = csub.add_parser("show", parents=[conn])
     y.add_argument("id")
     y.add_argument("--table", action="store_true")
     y.set_defaults(fn=cmd_correlation_show)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from engine.store.replies import text
+
 from .base import Doc, Ops
 from .keys import STATUSES, ViewKeys
 
@@ -55,7 +57,7 @@ def merge_page(pages: Sequence[Sequence[tuple[Any, float]]], limit: int,
     items: list[tuple[int, str]] = []
     for page in pages:
         for member, score in page:
-            iid = member.decode() if isinstance(member, bytes) else str(member)
+            iid = text(member)
             key = (int(score), iid)
             if after is None or key < after:
                 items.append(key)

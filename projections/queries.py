@@ -15,9 +15,11 @@ from typing import Any
 import orjson
 
 from engine.config import Settings
+from engine.core.ids import INSTANCE_ID_RE
 from engine.errors import InvalidInput, NotFound, UnknownInstance
 from engine.store.connection import Redis, connect
-from engine.store.keys import INSTANCE_ID_RE, Keys
+from engine.store.keys import Keys
+from engine.store.replies import text
 
 from .keys import STATUSES, ViewKeys
 from .listings import merge_page
@@ -61,9 +63,6 @@ def _check_id(instance_id: str) -> None:
     if not INSTANCE_ID_RE.match(instance_id):
         raise InvalidInput(f"invalid instance id {instance_id!r}")
 
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 class Queries:
@@ -150,7 +149,7 @@ class Queries:
         n = limit
         while True:
             short = [i for i, page in enumerate(pages)
-                     if len(page) == n and sum(1 for m, s in page if (int(s), _s(m)) < after) < limit]
+                     if len(page) == n and sum(1 for m, s in page if (int(s), text(m)) < after) < limit]
             if not short:
                 return pages
             n *= 2
@@ -188,7 +187,7 @@ class Queries:
             pipe.zrange(self.vk.correlation(p, correlation_id), 0, -1, withscores=True)
         pipe.zrange(self.vk.correlation_events(correlation_id), 0, -1)
         replies = await pipe.execute()
-        members = sorted((int(score), _s(m)) for page in replies[:-1] for m, score in page)
+        members = sorted((int(score), text(m)) for page in replies[:-1] for m, score in page)
         events = [orjson.loads(raw) for raw in replies[-1]]
         if not members and not events:
             raise NotFound(f"nothing under correlation id {correlation_id!r} in the read models")

@@ -20,6 +20,7 @@ from typing import Any
 from engine.config import Settings
 from engine.store.connection import Redis
 from engine.store.keys import Keys
+from engine.store.replies import text
 
 from .base import Call, Ops, Projection, dumps
 from .catalog import select
@@ -51,7 +52,7 @@ class Rebuilder:
             chunk: list[str] = []
             async for key in self.redis.scan_iter(match=_glob_escape(f"{self.keys.tag(p)}:i:") + "*",
                                                   count=1000, _type="stream"):
-                chunk.append((key.decode() if isinstance(key, bytes) else key).split(":i:", 1)[1])
+                chunk.append(text(key).split(":i:", 1)[1])
                 if len(chunk) >= CHUNK:
                     instances += await self._instances(projections, p, chunk)
                     chunk = []

@@ -65,6 +65,10 @@ class Stats:
 
 
 class Projector:
+    """The projector role: folds the partition feeds into the read models."""
+
+    role = "projector"
+
     def __init__(self, redis: Redis, settings: Settings, only: Sequence[str] | None = None, *,
                  trim_every_ms: int = 0, clock: Callable[[], int] = clock_ms) -> None:
         self.redis = redis
@@ -83,6 +87,23 @@ class Projector:
         self.clock = clock
         self.stats = Stats()
         self._stopping = asyncio.Event()
+
+    # -- the Role protocol (engine.runtime.role) ---------------------------------
+    def groups(self) -> list[tuple[str, str]]:
+        readers = [*self.readers.values(), *([self.events_reader] if self.events_reader else [])]
+        return [(s, r.group) for r in readers for s in r.streams]
+
+    def partitions(self) -> set[int]:
+        return set()
+
+    def served_services(self) -> list[str]:
+        return []
+
+    def scripts(self) -> dict[str, str]:
+        return {}  # the view script is loaded by prepare() and re-sent on NOSCRIPT by its store
+
+    def running(self) -> int | None:
+        return None
 
     # -- lifecycle -------------------------------------------------------------
     async def prepare(self) -> None:
@@ -191,6 +212,7 @@ class Projector:
 
     async def _round(self, projection: Projection,
                      work: dict[Key, list[tuple[Applied, str]]]) -> dict[Key, list[tuple[Applied, str]]]:
+        """One guarded write per partition for every instance in ``work``; returns what was refused."""
         name = projection.name
         wanted = list(work)
         views = dict(zip(wanted, await self.store.load_views(name, wanted)))
@@ -200,28 +222,37 @@ class Projector:
         pending_lags: dict[Key, list[int]] = {}
         now = self.clock()
         for key in wanted:
-            p, iid = key
-            version, doc = views[key]
-            items = work[key]
-            call = calls.get(p) or calls.setdefault(p, Call(self.vk.checkpoint(p), self.keys.feed(p)))
-            old = [eid for it, eid in items if it.version <= version]
-            if old:
-                call.ack(old)
-                self.stats.skipped += len(old)
-            applied = _contiguous(version, items, fills.get(key, []))
-            if not applied:
-                continue
-            last = applied[-1].version
-            self.stats.filled += sum(1 for a in applied if a.version not in {it.version for it, _ in items})
-            new = projection.fold_all(doc, iid, applied)
-            ops = Ops()
-            ops.hset(self.vk.view(p, iid), name, dumps(new))
-            projection.writes(ops, self.vk, p, iid, doc, new, applied, False)
-            ids = [eid for it, eid in items if version < it.version <= last]
-            call.guarded(key, self.vk.view(p, iid), version, last, ops, ids)
-            pending_lags[key] = [now - it.ts for it, _ in items if version < it.version <= last]
+            call = calls.get(key[0]) or calls.setdefault(key[0], Call(self.vk.checkpoint(key[0]), self.keys.feed(key[0])))
+            lags = self._fold_into(call, projection, key, views[key], work[key], fills.get(key, []), now)
+            if lags is not None:
+                pending_lags[key] = lags
         todo = [c for c in calls.values() if not c.empty]
         results = await self.store.project([(c, group_name(name), name) for c in todo])
+        return self._tally(todo, results, work, pending_lags)
+
+    def _fold_into(self, call: Call, projection: Projection, key: Key, view: tuple[int, Any],
+                   items: list[tuple[Applied, str]], fill: list[Applied], now: int) -> list[int] | None:
+        """Add one instance's view write to its partition's call; the lags it will apply, or None."""
+        (p, iid), (version, doc) = key, view
+        old = [eid for it, eid in items if it.version <= version]
+        if old:
+            call.ack(old)
+            self.stats.skipped += len(old)
+        applied = _contiguous(version, items, fill)
+        if not applied:
+            return None
+        last = applied[-1].version
+        self.stats.filled += sum(1 for a in applied if a.version not in {it.version for it, _ in items})
+        new = projection.fold_all(doc, iid, applied)
+        ops = Ops()
+        ops.hset(self.vk.view(p, iid), projection.name, dumps(new))
+        projection.writes(ops, self.vk, p, iid, doc, new, applied, False)
+        ids = [eid for it, eid in items if version < it.version <= last]
+        call.guarded(key, self.vk.view(p, iid), version, last, ops, ids)
+        return [now - it.ts for it, _ in items if version < it.version <= last]
+
+    def _tally(self, todo: list[Call], results: list[Any], work: dict[Key, list[tuple[Applied, str]]],
+               pending_lags: dict[Key, list[int]]) -> dict[Key, list[tuple[Applied, str]]]:
         retry: dict[Key, list[tuple[Applied, str]]] = {}
         for call, result in zip(todo, results):
             refused = {call.blocks[i - 1] for i in result[1:]}

@@ -8,13 +8,10 @@ from typing import Any
 
 from engine.store.connection import Redis
 from engine.store.keys import Keys
+from engine.store.replies import text
 
 from .catalog import PROJECTIONS
 from .keys import ViewKeys, group_name
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _ms(entry_id: str) -> int:
@@ -25,17 +22,17 @@ async def _row(redis: Redis, stream: str, group: dict[str, Any] | None, now_ms: 
     if group is None:
         return {"group": None, "lag_entries": None, "lag_seconds": None, "pending": None}
     pending = int(group["pending"])
-    last = _s(group["last-delivered-id"])
+    last = text(group["last-delivered-id"])
     oldest: str | None = None
     if pending:
-        summary: Any = await redis.xpending(stream, _s(group["name"]))
-        oldest = _s(summary["min"])
+        summary: Any = await redis.xpending(stream, text(group["name"]))
+        oldest = text(summary["min"])
     else:
         nxt: Any = await redis.xrange(stream, min=f"({last}" if last != "0-0" else "-", max="+", count=1)
-        oldest = _s(nxt[0][0]) if nxt else None
+        oldest = text(nxt[0][0]) if nxt else None
     lag = group.get("lag")
     return {
-        "group": _s(group["name"]),
+        "group": text(group["name"]),
         "pending": pending,
         "lag_entries": None if lag is None else int(lag) + pending,
         "lag_seconds": 0.0 if oldest is None else max(0.0, (now_ms - _ms(oldest)) / 1000),
@@ -51,8 +48,8 @@ async def projector_status(redis: Redis, keys: Keys, now_ms: int) -> list[dict[s
     for part, stream, ckpt_key in streams:
         groups: dict[str, dict[str, Any]] = {}
         if await redis.exists(stream):
-            groups = {_s(g["name"]): g for g in await redis.xinfo_groups(stream)}
-        checkpoints = {_s(k): _s(v) for k, v in (await redis.hgetall(ckpt_key)).items()}
+            groups = {text(g["name"]): g for g in await redis.xinfo_groups(stream)}
+        checkpoints = {text(k): text(v) for k, v in (await redis.hgetall(ckpt_key)).items()}
         names = ["correlation"] if part == "events" else list(PROJECTIONS)
         for name in names:
             row = await _row(redis, stream, groups.get(group_name(name)), now_ms)

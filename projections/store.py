@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from engine.core.model import decode_event
 from engine.errors import PoisonMessage, StoreUnavailable
 from engine.store.connection import evalsha_many
-from engine.store.events import TRANSIENT
+from engine.store.errors import TRANSIENT
 
 from .base import Applied, Call, Doc
 from .keys import ViewKeys

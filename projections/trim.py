@@ -10,13 +10,10 @@ from typing import Any
 
 from engine.store.connection import Redis
 from engine.store.keys import Keys
+from engine.store.replies import text
 
 from .catalog import PROJECTIONS
 from .keys import group_name
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _id(value: str) -> tuple[int, int]:
@@ -27,15 +24,15 @@ def _id(value: str) -> tuple[int, int]:
 async def feed_floor(redis: Redis, feed: str) -> str | None:
     """The lowest entry id some group on the feed still needs (None: do not trim)."""
     groups: Any = await redis.xinfo_groups(feed)
-    names = {_s(g["name"]) for g in groups}
+    names = {text(g["name"]) for g in groups}
     if any(group_name(n) not in names for n in PROJECTIONS):
         return None
     floor: str | None = None
     for g in groups:
-        pos = _s(g["last-delivered-id"])
+        pos = text(g["last-delivered-id"])
         if int(g["pending"]) > 0:
-            summary: Any = await redis.xpending(feed, _s(g["name"]))
-            pos = _s(summary["min"])
+            summary: Any = await redis.xpending(feed, text(g["name"]))
+            pos = text(summary["min"])
         if floor is None or _id(pos) < _id(floor):
             floor = pos
     return None if floor in (None, "0-0") else floor

@@ -1,18 +1,24 @@
-"""Shared fixtures. Real-Redis tests use REDIS_URL when set, else a redis-server
-the session starts on a free loopback port; without either they skip locally
-and fail in CI (CI=true), so a missing server can never pass as green."""
+"""Shared fixtures and the tiers.
+
+The tests are in tiers, one folder each: ``unit`` (pure code and fakeredis: no
+redis-server, seconds), ``contract`` (suites run on fakeredis and on a real
+redis-server; the real parameters carry the ``redis`` marker), ``e2e`` (real
+redis-server, real processes) and ``faults`` (kills, stalls, Redis restarts, clusters).
+Every test of ``e2e`` and ``faults``, and every test that uses the ``redis_url``
+fixture, is marked ``redis`` here, so ``pytest -m "not redis"`` never starts a
+redis-server. Shared plumbing is in ``tests/support``.
+
+Real-Redis tests use REDIS_URL when set, else a redis-server the session starts on a
+free loopback port; without either they skip locally and fail in CI (CI=true), so a
+missing server can never pass as green (``tests.support.tools.require_tool``)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
 import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import fakeredis
 import pytest
@@ -23,26 +29,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.config import Settings  # noqa: E402
-from engine.dev.embedded import RedisClusterServer, RedisServer  # noqa: E402
+from engine.dev.embedded import RedisServer  # noqa: E402
+from tests.support.tools import EXAMPLES, require_redis_server  # noqa: E402
 
-EXAMPLES = ROOT / "engine" / "dev" / "examples"
-T = TypeVar("T")
-
-
-def run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Poll an async check until it returns a truthy value (no fixed sleeps in tests)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+TESTS = Path(__file__).resolve().parent
+REDIS_TIERS = ("e2e", "faults")  # every test in these folders needs a real redis-server
+NO_REDIS_TIERS = ("unit",)
 
 
 @pytest.fixture(scope="session")
@@ -51,15 +43,19 @@ def redis_url() -> Iterator[str]:
     if url:
         yield url
         return
-    if not shutil.which("redis-server"):
-        if os.environ.get("CI"):
-            pytest.fail("CI needs a redis-server (or REDIS_URL); .ci/run installs one")
-        pytest.skip("no redis-server on PATH and REDIS_URL unset")
+    require_redis_server("and REDIS_URL is unset; .ci/run installs one")
     server = RedisServer().start()
     try:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server_bin() -> str:
+    """For tests that start redis-servers of their own (REDIS_URL does not help them):
+    the binary, or a skip locally and a failure under CI."""
+    return require_redis_server()
 
 
 @pytest.fixture
@@ -85,7 +81,7 @@ def agent_example() -> bytes:
     return (EXAMPLES / "agent-task-execution.json").read_bytes()
 
 
-@pytest.fixture(params=["real", "fake"])
+@pytest.fixture(params=[pytest.param("real", marks=pytest.mark.redis), "fake"])
 def cluster_backend(request: pytest.FixtureRequest, prefix: str) -> tuple[Callable[[], aioredis.Redis], Settings]:
     # Breakers off unless a test is about them: a burst of simulated failures would open one.
     base = dict(prefix=prefix, partitions=4, block_ms=50, timer_poll_ms=20, claim_idle_ms=1_000, breaker_threshold=0)
@@ -96,25 +92,28 @@ def cluster_backend(request: pytest.FixtureRequest, prefix: str) -> tuple[Callab
     return (lambda: fakeredis.FakeAsyncRedis(server=server)), Settings(**base)  # type: ignore[arg-type]
 
 
+def _tier(item: pytest.Item) -> str | None:
+    try:
+        rel = Path(str(item.path)).resolve().relative_to(TESTS)
+    except ValueError:
+        return None
+    return rel.parts[0] if len(rel.parts) > 1 else None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Long fault variants (@pytest.mark.slow) run only with FOLDFLOW_SLOW=1 or `-m slow`."""
+    """Markers by tier (see the module docstring); long fault variants (@pytest.mark.slow)
+    run only with FOLDFLOW_SLOW=1 or `-m slow`."""
+    for item in items:
+        tier = _tier(item)
+        needs_redis = "redis_url" in getattr(item, "fixturenames", ())
+        if tier in NO_REDIS_TIERS and (needs_redis or item.get_closest_marker("redis")):
+            raise pytest.UsageError(f"{item.nodeid}: tests/{tier} must not need a redis-server; move it to a tier "
+                                    "that has one (contract, e2e, faults)")
+        if (tier in REDIS_TIERS or needs_redis) and not item.get_closest_marker("redis"):
+            item.add_marker(pytest.mark.redis)
     if os.environ.get("FOLDFLOW_SLOW") == "1" or "slow" in (config.getoption("markexpr", "") or ""):
         return
     skip = pytest.mark.skip(reason="long variant: set FOLDFLOW_SLOW=1 or pass -m slow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-def started_cluster(**kwargs: Any) -> Iterator[RedisClusterServer]:
-    """A throwaway Redis Cluster for a fixture to ``yield from`` (stopped after); skipped
-    locally, failed under CI, without redis-server and redis-cli."""
-    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
-        if os.environ.get("CI"):
-            pytest.fail("CI needs redis-server and redis-cli for the cluster suite")
-        pytest.skip("redis-server/redis-cli not on PATH")
-    server = RedisClusterServer(**kwargs).start()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -11,7 +11,7 @@ import orjson
 
 from engine.core.ids import INSTANCE_ID_RE
 from engine.core.model import COMMAND_TYPES, Envelope, Task, decode_command, decode_task_data
-from engine.errors import PoisonMessage
+from engine.errors import EngineError, PoisonMessage
 
 
 def _field(fields: Mapping[bytes, bytes], name: bytes) -> bytes:
@@ -37,10 +37,12 @@ MAX_CORRELATION_ID_CHARS = 200
 MAX_CMD_ID_CHARS = 512
 
 
-def check_length(field: str, value: str, limit: int) -> None:
-    """PoisonMessage naming the field and the limit when value is longer than limit characters."""
+def check_length(field: str, value: str, limit: int, error: type[EngineError] = PoisonMessage) -> None:
+    """The one per-field length check (streams.md, "Security"): raises ``error`` naming the
+    field and the limit. Workers dead-letter (PoisonMessage); the client refuses its
+    caller's input (InvalidInput) before sending what a worker would dead-letter."""
     if len(value) > limit:
-        raise PoisonMessage(f"field {field!r} is {len(value)} characters, over the limit of {limit}")
+        raise error(f"field {field!r} is {len(value)} characters, over the limit of {limit}")
 
 
 def decode_command_entry(entry_id: str, fields: Mapping[bytes, bytes], max_bytes: int) -> Envelope:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.core.definition import Definition
-from engine.core.graph import Decision, step_done, task_id_for
+from engine.core.graph import Decision, step_done
 from engine.core.ids import entry_key, wait_signature
 from engine.core.model import (
     STATUS_COMPENSATING,
@@ -56,6 +56,7 @@ from engine.core.model import (
     WorkflowRetried,
     WorkflowStarted,
 )
+from engine.core.steps import task_id_for
 
 __all__ = ["decide", "decide_and_fold", "matches", "step_done", "task_id_for"]
 

@@ -1,6 +1,6 @@
 """One decision in the making: the working state, the events emitted so far,
-and the workflow graph logic every command shares (what runs next, how a
-step of each type is dispatched, what a failure leads to, compensation).
+and the workflow graph logic every command shares (what runs next, what a
+failure leads to, compensation). How a step of each type starts is in steps.py.
 
 Pure: no I/O, no clock (``now`` is data), no randomness (jitter is derived
 from the instance, step and attempt).
@@ -8,7 +8,6 @@ from the instance, step and attempt).
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from typing import Any
 
@@ -16,7 +15,6 @@ import msgspec
 
 from engine.core.definition import Definition, ErrorHandler, Step
 from engine.core.evolve import evolve
-from engine.core.ids import INSTANCE_ID_RE
 from engine.core.language.conditions import evaluate_condition
 from engine.core.language.expressions import MissingValue, TemplateError, render, render_endpoint
 from engine.core.model import (
@@ -29,7 +27,6 @@ from engine.core.model import (
     STEP_SCHEDULED,
     STEP_SKIPPED,
     CancelWorkflow,
-    ChildStarted,
     CommandRejected,
     CompensationStarted,
     Envelope,
@@ -42,44 +39,22 @@ from engine.core.model import (
     StartWorkflow,
     State,
     StepCompleted,
-    StepDelayed,
     StepError,
     StepFailed,
-    StepScheduled,
     StepSkipped,
-    StepWaiting,
     WorkflowCompensated,
     WorkflowCompleted,
     WorkflowFailed,
 )
+from engine.core.steps import DISPATCH, TemplateFailure, next_loop_item, task_id_for
 
 _DONE = frozenset({STEP_COMPLETED, STEP_SKIPPED})
-# Payload values that are exactly one template over the start input read a missing
-# (optional) input field as null; see expressions.render.
-_INPUTS = frozenset({"input", "context"})
 _REMEMBERED = (StartWorkflow, CancelWorkflow, PauseWorkflow, ResumeWorkflow, RetryWorkflow, SignalWorkflow)
-
-
-def task_id_for(instance_id: str, step: str, attempt: int, part: int | None = None) -> str:
-    base = f"{instance_id}:{step}:{attempt}"
-    return base if part is None else f"{base}:{part}"
-
-
-def child_id_for(instance_id: str, step: str, attempt: int) -> str:
-    """A sub-workflow's instance id: deterministic, so a repeated start is the same child."""
-    child = f"{instance_id}.{step}.{attempt}"
-    if INSTANCE_ID_RE.match(child):
-        return child
-    return "child-" + hashlib.sha1(child.encode()).hexdigest()
 
 
 def step_done(st: Any) -> bool:
     """A step its dependents may run after: completed, skipped, or failed with `continue`."""
     return bool(st.status in _DONE or (st.status == STEP_FAILED and st.continued))
-
-
-class TemplateFailure(Exception):
-    """A template or item list that cannot be resolved: the step fails, not the worker."""
 
 
 class Decision:
@@ -187,7 +162,7 @@ class Decision:
 
     def dispatch(self, step: Step, attempt: int) -> None:
         try:
-            _DISPATCH[step.type](self, step, attempt)
+            DISPATCH[step.type](self, step, attempt)
         except (MissingValue, TemplateError, TemplateFailure) as exc:
             error = StepError(message=f"cannot render step {step.name!r}: {_reason(exc)}", retryable=False,
                               kind="template")
@@ -350,112 +325,6 @@ class Decision:
     def deadline(self) -> int | None:
         timeout = self.definition.timeout_ms
         return self.now + timeout if timeout else None
-
-
-# ---------------------------------------------------------------------------
-# Dispatch, one function per step type
-# ---------------------------------------------------------------------------
-def _service_call(d: Decision, step: Step, attempt: int) -> None:
-    assert step.service is not None
-    scope = d.scope()
-    endpoint = render_endpoint(step.endpoint, scope) if step.endpoint else None
-    override = d.state.overrides.get(step.name)
-    payload = override if override is not None else render(step.input, scope, _INPUTS) if step.input is not None else {}
-    d.emit(StepScheduled(step=step.name, attempt=attempt, task_id=task_id_for(d.state.id, step.name, attempt),
-                         queue=step.service, endpoint=endpoint, input=payload, timeout_at=_timeout(d, step),
-                         method=step.method))
-
-
-def _event_wait(d: Decision, step: Step, attempt: int) -> None:
-    assert step.event_type is not None
-    d.emit(StepWaiting(step=step.name, attempt=attempt, event_type=step.event_type,
-                       filter=render(dict(step.event_filter), d.scope()), timeout_at=_timeout(d, step)))
-
-
-def _conditional(d: Decision, step: Step, attempt: int) -> None:
-    assert step.condition is not None
-    result = evaluate_condition(step.condition, d.scope())
-    taken, other = (step.true_edge, step.false_edge) if result else (step.false_edge, step.true_edge)
-    d.emit(StepCompleted(step=step.name, attempt=attempt, output={"result": result, "edge": taken}))
-    if other is not None and d.state.step(other).status == STEP_PENDING:
-        d.emit(StepSkipped(step=other, attempt=d.state.step(other).attempt, reason=f"conditional {step.name!r} took the {'true' if result else 'false'} "
-                                             f"edge to {taken!r}"))
-
-
-def _delay(d: Decision, step: Step, attempt: int) -> None:
-    d.emit(StepDelayed(step=step.name, attempt=attempt, until=d.now + (step.duration_ms or 0)))
-
-
-def _loop(d: Decision, step: Step, attempt: int) -> None:
-    st = d.state.step(step.name)
-    if st.items is not None and st.status == STEP_RETRYING:  # retry of the current item
-        _loop_item(d, step, attempt, st.iteration, st.items, first=False)
-        return
-    items = render(step.items, d.scope())
-    if not isinstance(items, list):
-        raise TemplateFailure(f"items must be a list, got {type(items).__name__}")
-    if len(items) > step.max_iterations:
-        raise TemplateFailure(f"{len(items)} items, more than max_iterations {step.max_iterations}")
-    if not items:
-        d.emit(StepCompleted(step=step.name, attempt=attempt, output={"items": []}))
-        return
-    _loop_item(d, step, attempt, 0, items, first=True)
-
-
-def _loop_item(d: Decision, step: Step, attempt: int, index: int, items: list[Any], first: bool) -> None:
-    assert step.service is not None
-    scope = d.scope(item=items[index], index=index)
-    endpoint = render_endpoint(step.endpoint, scope) if step.endpoint else None
-    payload = render(step.input, scope, _INPUTS) if step.input is not None else {"item": items[index], "index": index}
-    d.emit(StepScheduled(step=step.name, attempt=attempt, task_id=task_id_for(d.state.id, step.name, attempt, index),
-                         queue=step.service, endpoint=endpoint, input=payload, timeout_at=_timeout(d, step),
-                         iteration=index, items=items if first else None, method=step.method))
-
-
-def next_loop_item(d: Decision, step: Step) -> None:
-    st = d.state.step(step.name)
-    assert st.items is not None
-    if st.iteration + 1 < len(st.items):
-        _loop_item(d, step, st.attempt + 1, st.iteration + 1, st.items, first=False)
-    else:
-        d.complete_step(step, st.attempt, {"items": list(st.results)})
-
-
-def _validation(d: Decision, step: Step, attempt: int) -> None:
-    scope = d.scope()
-    for i, rule in enumerate(step.validation_rules):
-        value = scope["input"].get(rule.field) if isinstance(scope["input"], dict) else None
-        endpoint = render_endpoint(rule.endpoint, scope) if rule.endpoint else f"/validate/{rule.rule}"
-        d.emit(StepScheduled(step=step.name, attempt=attempt, task_id=task_id_for(d.state.id, step.name, attempt, i),
-                             queue=rule.service, endpoint=endpoint, timeout_at=_timeout(d, step), iteration=i,
-                             input={"field": rule.field, "rule": rule.rule, "value": value}))
-
-
-def _sub_workflow(d: Decision, step: Step, attempt: int) -> None:
-    assert step.workflow is not None
-    override = d.state.overrides.get(step.name)
-    payload = override if override is not None else (
-        render(step.input, d.scope(), _INPUTS) if step.input is not None else dict(d.state.context))
-    if not isinstance(payload, dict):
-        raise TemplateFailure(f"a sub-workflow's input must be an object, got {type(payload).__name__}")
-    d.emit(ChildStarted(step=step.name, attempt=attempt, child_id=child_id_for(d.state.id, step.name, attempt),
-                        workflow=step.workflow, version=step.workflow_version, input=payload,
-                        timeout_at=_timeout(d, step)))
-
-
-def _timeout(d: Decision, step: Step) -> int | None:
-    return d.now + step.timeout_ms if step.timeout_ms else None
-
-
-_DISPATCH = {
-    "service_call": _service_call,
-    "event_wait": _event_wait,
-    "conditional": _conditional,
-    "delay": _delay,
-    "loop": _loop,
-    "validation": _validation,
-    "sub_workflow": _sub_workflow,
-}
 
 
 def _reason(exc: Exception) -> str:

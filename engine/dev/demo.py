@@ -54,12 +54,7 @@ async def run_demo(instances: int = 5, url: str | None = None, verbose: bool = T
         say(f"started {instances} instances; instance 1's agent-orchestrator fails once to show a retry")
         ok = await _drive(client, ids, say, timeout)
         elapsed = time.perf_counter() - started
-        for iid in ids:
-            say(f"\nhistory of {iid}:")
-            for ev in await client.history(iid):
-                step = ev["data"].get("step", "")
-                attempt = ev["data"].get("attempt", "")
-                say(f"  v{ev['version']:<3} {ev['type']:<32} {step:<22} {attempt}")
+        await _print_histories(client, ids, say)
         done = sum(1 for s in ok.values() if s == STATUS_COMPLETED)
         say(f"\n{done}/{instances} instances completed in {elapsed:.2f}s "
             f"({instances / elapsed:.1f} instances/s, including the 1 s retry backoff)")
@@ -71,6 +66,15 @@ async def run_demo(instances: int = 5, url: str | None = None, verbose: bool = T
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()
         backend.close()
+
+
+async def _print_histories(client: Client, ids: list[str], say: Any) -> None:
+    for iid in ids:
+        say(f"\nhistory of {iid}:")
+        for ev in await client.history(iid):
+            step = ev["data"].get("step", "")
+            attempt = ev["data"].get("attempt", "")
+            say(f"  v{ev['version']:<3} {ev['type']:<32} {step:<22} {attempt}")
 
 
 async def _drive(client: Client, ids: list[str], say: Any, timeout: float) -> dict[str, str]:

@@ -11,12 +11,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from engine.config import Settings, from_env
 from engine.core.definition import DefinitionError, load_definition_file
 from engine.errors import ConfigError, DefinitionConflict, EngineError, InvalidInput, NotFound, StoreUnavailable
+from engine.runtime.lifecycle import (
+    CONNECTION,
+    LOG_LEVEL_HELP,
+    SENDS,
+    VERB_SETTINGS,
+    add_setting_flags,
+    setting_flags,
+)
 from engine.store.connection import connect
+from engine.store.errors import ANY_REDIS_ERROR
 
 
 def _json(value: Any) -> str:
@@ -195,29 +203,31 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- parser -----------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """Every setting flag goes before the verb, and those the verb reads also after it
+    (engine.runtime.lifecycle.setting_flags: the value after the verb wins)."""
     p = argparse.ArgumentParser(prog="foldflow", description="Durable workflows on Redis Streams.")
-    p.add_argument("--log-level", default=os.environ.get("FOLDFLOW_LOG_LEVEL"),
-                   help="DEBUG, INFO, WARNING, ... (FOLDFLOW_LOG_LEVEL; default INFO, WARNING for the demo)")
-    p.add_argument("--prefix", help="key prefix (FOLDFLOW_PREFIX, default ff)")
-    p.add_argument("--partitions", type=int, help="partition count (FOLDFLOW_PARTITIONS, default 8)")
+    p.add_argument("--log-level", default=os.environ.get("FOLDFLOW_LOG_LEVEL"), help=LOG_LEVEL_HELP)
+    add_setting_flags(p)
     sub = p.add_subparsers(dest="cmd", required=True)
+    conn, sends = setting_flags(*CONNECTION), setting_flags(*SENDS)
 
     d = sub.add_parser("definitions", help="register or validate workflow definitions")
     dsub = d.add_subparsers(dest="dcmd", required=True)
-    for name, fn in (("register", cmd_register), ("validate", cmd_validate)):
-        x = dsub.add_parser(name)
+    # validate reads no setting: it never touches Redis.
+    for name, fn, parents in (("register", cmd_register, [conn]), ("validate", cmd_validate, [])):
+        x = dsub.add_parser(name, parents=parents)
         x.add_argument("file")
         x.add_argument("--name", help="name for a bare definition")
         x.add_argument("--version", help="version for a bare definition")
         x.set_defaults(fn=fn)
-    x = dsub.add_parser("list", help="registered definitions and their versions")
+    x = dsub.add_parser("list", parents=[conn], help="registered definitions and their versions")
     x.set_defaults(fn=cmd_definitions_list)
-    x = dsub.add_parser("show", help="one definition (the latest version unless --version)")
+    x = dsub.add_parser("show", parents=[conn], help="one definition (the latest version unless --version)")
     x.add_argument("name")
     x.add_argument("--version")
     x.set_defaults(fn=cmd_definitions_show)
 
-    x = sub.add_parser("start", help="start an instance; prints its id")
+    x = sub.add_parser("start", parents=[sends], help="start an instance; prints its id")
     x.add_argument("workflow")
     x.add_argument("--context", default="{}")
     x.add_argument("--version")
@@ -226,12 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(fn=cmd_start)
 
     for name, fn in (("status", cmd_status), ("history", cmd_history)):
-        x = sub.add_parser(name)
+        x = sub.add_parser(name, parents=[conn])
         x.add_argument("id")
         x.set_defaults(fn=fn)
 
     for verb in ("cancel", "pause", "resume", "retry"):
-        x = sub.add_parser(verb, help=f"{verb} an instance")
+        x = sub.add_parser(verb, parents=[sends], help=f"{verb} an instance")
         x.add_argument("id")
         if verb in ("cancel", "pause"):
             x.add_argument("--reason")
@@ -240,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
             x.add_argument("--input", help="edited input (JSON) for --from-step, recorded in the history")
         x.set_defaults(fn=cmd_control, verb=verb)
 
-    x = sub.add_parser("signal", help="deliver a named payload to a running instance")
+    x = sub.add_parser("signal", parents=[sends], help="deliver a named payload to a running instance")
     x.add_argument("id")
     x.add_argument("name")
     x.add_argument("--payload", default="null", help="JSON")
@@ -248,30 +258,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("events", help="external events")
     esub = e.add_subparsers(dest="ecmd", required=True)
-    x = esub.add_parser("publish")
+    x = esub.add_parser("publish", parents=[sends])
     x.add_argument("type")
     x.add_argument("--data", default="{}")
     x.add_argument("--correlation-id")
     x.set_defaults(fn=cmd_publish)
 
-    x = sub.add_parser("worker", help="run an engine worker")
-    x.add_argument("--batch-size", type=int)
-    x.add_argument("--consumer")
+    x = sub.add_parser("worker", parents=[setting_flags(*VERB_SETTINGS["worker"], log_level=True)],
+                       help="run an engine worker (with the event router, outbox relay and timers)")
     x.set_defaults(fn=cmd_worker)
 
-    x = sub.add_parser("activities", help="run an activity worker")
+    x = sub.add_parser("activities", parents=[setting_flags(*VERB_SETTINGS["activities"], log_level=True)],
+                       help="run an activity worker")
     x.add_argument("--module", action="append", required=True, help="module whose @activity handlers to serve")
     x.add_argument("--service", action="append", help="serve only these services")
-    x.add_argument("--concurrency", type=int)
-    x.add_argument("--consumer")
     x.set_defaults(fn=cmd_activities)
 
-    x = sub.add_parser("demo", help="run the agent-task-execution demo (embedded Redis when REDIS_URL is unset)")
+    # The demo takes its Redis from REDIS_URL alone (or embeds one), so only logging applies.
+    x = sub.add_parser("demo", parents=[setting_flags("log_format", log_level=True)],
+                       help="run the agent-task-execution demo (embedded Redis when REDIS_URL is unset)")
     x.add_argument("--instances", type=int, default=5)
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(fn=cmd_demo)
     from engine.ops.verbs import add_commands as add_ops_commands
-    add_ops_commands(sub, p)
+    add_ops_commands(sub)
     from projections.cli import add_commands
     add_commands(sub)
     from engine.ops.dlq_cli import add_commands as add_dlq_commands
@@ -279,8 +289,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """build_parser().parse_args, but a flag the verb does not take is refused with
+    that verb's usage rather than the top level's, which lists every setting."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _verb_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _verb_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost sub-parser args went through (`projector status`, `dlq list`)."""
+    while parser._subparsers is not None:
+        chosen = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+        name = getattr(args, chosen.dest, None)
+        if name is None:
+            break
+        parser = chosen._name_parser_map[name]
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     level = args.log_level or ("WARNING" if args.cmd == "demo" else "INFO")
     from engine.ops.logs import LOG_FORMATS_ENV, configure_logging
 
@@ -307,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreUnavailable, EngineError, OSError) as exc:
         print(f"foldflow: {exc}", file=sys.stderr)
         return 1
-    except RedisError as exc:
+    except ANY_REDIS_ERROR as exc:
         print(f"foldflow: Redis error ({from_env().redis_url}): {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

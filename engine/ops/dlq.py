@@ -28,10 +28,13 @@ from typing import Any
 import msgspec
 import orjson
 
+from engine.core.ids import QUEUE_RE, entry_key
 from engine.errors import InvalidInput, NotFound
 from engine.store.connection import Redis
-from engine.store.events import Script, Store
-from engine.store.keys import QUEUE_RE, Keys, entry_key
+from engine.store.events import Store
+from engine.store.keys import Keys
+from engine.store.lua import Script
+from engine.store.replies import text
 
 EVENTS = "events"
 _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -114,7 +117,7 @@ def check_entry_id(entry_id: str) -> str:
 
 
 def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return text(value)
 
 
 def _int(value: Any) -> int | None:
@@ -137,7 +140,7 @@ class DeadLetters:
 
     @property
     def events_dlq(self) -> str:
-        return f"{self.keys.events}:dlq"
+        return self.keys.events_dlq
 
     def streams(self, partition: Partition | None = None) -> list[tuple[Partition, str]]:
         every: list[tuple[Partition, str]] = [(p, self.keys.dlq(p)) for p in range(self.keys.partitions)]

@@ -19,6 +19,7 @@ import orjson
 from engine.config import Settings, from_env
 from engine.errors import InvalidInput
 from engine.ops.dlq import DeadLetter, DeadLetters, deployment_keys, parse_partition
+from engine.runtime.lifecycle import CONNECTION, setting_flags
 from engine.store.connection import connect
 from engine.store.keys import Keys
 
@@ -125,15 +126,16 @@ def add_commands(sub: Any) -> None:
     d = sub.add_parser("dlq", help="dead letters: list, show, replay, drop")
     dsub = d.add_subparsers(dest="dcmd", required=True)
     part = "only this dlq: a partition number, or 'events' for <prefix>:events:dlq"
+    conn = setting_flags(*CONNECTION)
 
-    x = dsub.add_parser("list", help="dead letters over every dlq, oldest first (JSON; --table)")
+    x = dsub.add_parser("list", parents=[conn], help="dead letters over every dlq, oldest first (JSON; --table)")
     x.add_argument("--partition", help=part)
     x.add_argument("--reason-contains", help="only those whose reason contains this text (case-insensitive)")
     x.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     x.add_argument("--table", action="store_true")
     x.set_defaults(fn=cmd_dlq)
 
-    x = dsub.add_parser("show", help="one dead letter, with its original fields")
+    x = dsub.add_parser("show", parents=[conn], help="one dead letter, with its original fields")
     x.add_argument("id", help="its ref <partition>/<id> or its id in the dlq (from dlq list)")
     x.add_argument("--partition", help=part + " (when the id is in several)")
     x.add_argument("--table", action="store_true")
@@ -141,7 +143,7 @@ def add_commands(sub: Any) -> None:
 
     for verb, what in (("replay", "put the original entry back on its source stream and delete the dead letter"),
                        ("drop", "delete dead letters")):
-        x = dsub.add_parser(verb, help=what)
+        x = dsub.add_parser(verb, parents=[conn], help=what)
         x.add_argument("id", nargs="?", help="one dead letter's ref <partition>/<id> or id (or --all)")
         x.add_argument("--all", action="store_true", help="every dead letter that matches the filters")
         x.add_argument("--partition", help=part)

@@ -21,6 +21,7 @@ from engine.config import Settings
 from engine.runtime.heartbeat import read_heartbeats
 from engine.store.connection import Redis, connect
 from engine.store.inventory import dead_letters, partition_lag
+from engine.store.replies import text
 
 FINAL = {"workflow.completed": "completed", "workflow.failed": "failed", "workflow.cancelled": "cancelled"}
 STATUS_OF = {"workflow.created": "created", "workflow.started": "running", "workflow.paused": "paused",
@@ -112,9 +113,9 @@ class Feeds:
             if not reply:
                 break
             for stream, entries in reply:
-                name = stream.decode() if isinstance(stream, bytes) else stream
+                name = text(stream)
                 for entry_id, fields in entries:
-                    self.cursors[name] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    self.cursors[name] = text(entry_id)
                     try:
                         data = orjson.loads(fields.get(b"data", b"{}"))
                         model.apply(fields[b"id"].decode(), fields[b"type"].decode(), int(fields.get(b"ts", 0)),
@@ -135,48 +136,59 @@ def _rate(n: float) -> str:
 
 def render(snap: dict[str, Any], width: int, height: int) -> list[str]:
     """One frame as exactly ``height`` lines of ``width`` characters."""
-    lines: list[str] = []
-    add = lines.append
-    add(f"foldflow top  prefix {snap['prefix']}  partitions {snap['partitions']}  "
-        f"{time.strftime('%H:%M:%S', time.localtime(snap['now']))}  (q quits)")
-    add(f"throughput  {_rate(snap['events_s'])} events/s  {_rate(snap['completed_s'])} completed/s  "
-        f"{_rate(snap['commands_s'])} commands/s   redis {'up' if snap['redis_up'] else 'DOWN'}")
-    add("")
-    wf = snap["workflows"]
-    add(f"{'WORKFLOW':<34}" + "".join(f"{c:>10}" for c in COLUMNS))
+    lines = [
+        f"foldflow top  prefix {snap['prefix']}  partitions {snap['partitions']}  "
+        f"{time.strftime('%H:%M:%S', time.localtime(snap['now']))}  (q quits)",
+        f"throughput  {_rate(snap['events_s'])} events/s  {_rate(snap['completed_s'])} completed/s  "
+        f"{_rate(snap['commands_s'])} commands/s   redis {'up' if snap['redis_up'] else 'DOWN'}",
+        "",
+        *_workflow_lines(snap["workflows"]),
+        "",
+        *_lag_lines(snap),
+        "",
+        *_worker_lines(snap["workers"]),
+        "",
+        f"SLOWEST STEPS  {'workflow / step':<48}{'n':>7}{'mean s':>10}{'max s':>10}",
+    ]
+    room = max(0, height - len(lines))
+    for w, s, n, mean, mx in snap["slowest"][:room]:
+        lines.append(f"               {(w + ' / ' + s)[:47]:<48}{n:>7}{mean:>10.3f}{mx:>10.3f}")
+    lines = lines[:height]
+    lines += [""] * (height - len(lines))
+    return [_fit(line, width) for line in lines]
+
+
+def _workflow_lines(wf: dict[str, Any]) -> list[str]:
+    out = [f"{'WORKFLOW':<34}" + "".join(f"{c:>10}" for c in COLUMNS)]
     rows = sorted(wf.items())
-    budget_wf = max(1, min(len(rows), 6))
-    for name, row in rows[:budget_wf]:
-        add(f"{name[:33]:<34}" + "".join(f"{row[c]:>10}" for c in COLUMNS))
-    if len(rows) > budget_wf:
-        add(f"  ... {len(rows) - budget_wf} more workflows")
+    budget = max(1, min(len(rows), 6))
+    out += [f"{name[:33]:<34}" + "".join(f"{row[c]:>10}" for c in COLUMNS) for name, row in rows[:budget]]
+    if len(rows) > budget:
+        out.append(f"  ... {len(rows) - budget} more workflows")
     if not rows:
-        add("  (no instances in the feeds yet)")
-    add("")
+        out.append("  (no instances in the feeds yet)")
+    return out
+
+
+def _lag_lines(snap: dict[str, Any]) -> list[str]:
     lag = snap["lag"]
     cells = [f"p{p}:{lag.get(p, (0, 0))[0]}/{lag.get(p, (0, 0))[1]}" for p in range(snap["partitions"])]
-    add(f"INBOX LAG/PENDING  {'  '.join(cells)}")
-    add(f"router lag {snap['router'][0]} pending {snap['router'][1]}   tasks lag {snap['tasks'][0]} "
-        f"pending {snap['tasks'][1]}   dead letters {snap['dlq']}")
-    add("")
-    workers = snap["workers"]
-    add(f"WORKERS ({len(workers)} alive)  {'role':<11}{'pid':>8}  {'age':>6}  counters")
+    return [f"INBOX LAG/PENDING  {'  '.join(cells)}",
+            f"router lag {snap['router'][0]} pending {snap['router'][1]}   tasks lag {snap['tasks'][0]} "
+            f"pending {snap['tasks'][1]}   dead letters {snap['dlq']}"]
+
+
+def _worker_lines(workers: list[dict[str, Any]]) -> list[str]:
+    out = [f"WORKERS ({len(workers)} alive)  {'role':<11}{'pid':>8}  {'age':>6}  counters"]
     for w in workers[:5]:
         counters = w["counters"]
         shown = " ".join(f"{k}={counters[k]}" for k in ("commands", "events", "conflicts", "completed", "failed",
                                                         "router_routed", "timers_fired") if k in counters)
         parts = f" p{','.join(map(str, w['partitions']))}" if w["partitions"] else ""
-        add(f"  {w['consumer'][:22]:<22}{w['role']:<11}{w['pid']:>8}  {w['age']:>5}s  {shown}{parts}")
+        out.append(f"  {w['consumer'][:22]:<22}{w['role']:<11}{w['pid']:>8}  {w['age']:>5}s  {shown}{parts}")
     if len(workers) > 5:
-        add(f"  ... {len(workers) - 5} more")
-    add("")
-    add(f"SLOWEST STEPS  {'workflow / step':<48}{'n':>7}{'mean s':>10}{'max s':>10}")
-    room = max(0, height - len(lines))
-    for w, s, n, mean, mx in snap["slowest"][:room]:
-        add(f"               {(w + ' / ' + s)[:47]:<48}{n:>7}{mean:>10.3f}{mx:>10.3f}")
-    lines = lines[:height]
-    lines += [""] * (height - len(lines))
-    return [_fit(line, width) for line in lines]
+        out.append(f"  ... {len(workers) - 5} more")
+    return out
 
 
 class Top:

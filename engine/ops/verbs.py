@@ -13,18 +13,14 @@ import orjson
 
 from engine.config import Settings, from_env
 from engine.errors import InvalidInput
-from engine.runtime.lifecycle import SETTING_FLAGS, add_setting_flags, serve, setting_overrides, version  # noqa: F401
+from engine.runtime.lifecycle import CONNECTION, VERB_SETTINGS, setting_flags, setting_overrides
 from engine.store.connection import connect
 from engine.store.keys import Keys
 
 
 # -- verbs ----------------------------------------------------------------------
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = setting_overrides(args)
-    for k in ("prefix", "partitions"):
-        if getattr(args, k, None) is not None:
-            overrides[k] = getattr(args, k)
-    return from_env(**overrides)
+    return from_env(**setting_overrides(args))
 
 
 async def cmd_health(args: argparse.Namespace) -> int:
@@ -45,10 +41,11 @@ async def cmd_health(args: argparse.Namespace) -> int:
         sys.stdout.write(body.decode(errors="replace"))
         return 0 if code == 200 else 1
     from engine.runtime.health import Probe
+    from engine.runtime.role import Bystander
 
     redis = connect(settings.redis_url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout)
     try:
-        probe = Probe(redis, Keys(settings.prefix, settings.partitions), "cli", None,
+        probe = Probe(redis, Keys(settings.prefix, settings.partitions), "cli", Bystander(),
                       stuck_after_ms=settings.stuck_after_ms, alive=lambda: True, stopping=lambda: False)
         ok, body = await (probe.dependencies() if args.check == "dependencies" else probe.readiness())
         if args.check == "readiness":
@@ -73,7 +70,7 @@ def parse_duration_ms(text: str) -> int:
 
 
 async def cmd_stuck(args: argparse.Namespace) -> int:
-    from engine.store.stuck import find_stuck
+    from engine.runtime.stuck import find_stuck
     from projections.keys import ViewKeys
 
     older = parse_duration_ms(args.older_than)
@@ -112,10 +109,10 @@ async def cmd_top(args: argparse.Namespace) -> int:
     return await run_top(settings, interval=args.interval, once=args.once, iterations=args.iterations)
 
 
-def add_commands(sub: Any, parser: argparse.ArgumentParser | None = None) -> None:
-    if parser is not None:
-        add_setting_flags(parser)
-    x = sub.add_parser("health", help="exec probe: exit 0 when the worker (or Redis) is healthy")
+def add_commands(sub: Any) -> None:
+    conn = setting_flags(*CONNECTION)
+    x = sub.add_parser("health", parents=[setting_flags(*VERB_SETTINGS["health"])],
+                       help="exec probe: exit 0 when the worker (or Redis) is healthy")
     x.add_argument("check", nargs="?", default="readiness", choices=("liveness", "readiness", "dependencies"))
     x.add_argument("--port", type=int, help="the worker's metrics port (default FOLDFLOW_METRICS_PORT)")
     x.add_argument("--host", default="127.0.0.1")
@@ -123,7 +120,7 @@ def add_commands(sub: Any, parser: argparse.ArgumentParser | None = None) -> Non
     x.add_argument("--timeout", type=float, default=3.0, help="seconds")
     x.set_defaults(fn=cmd_health)
 
-    x = sub.add_parser("stuck", help="instances without progress, with what each waits for")
+    x = sub.add_parser("stuck", parents=[conn], help="instances without progress, with what each waits for")
     x.add_argument("--older-than", default="10m", help="no progress for this long (90s, 10m, 2h; default 10m)")
     x.add_argument("--deep", action="store_true", help="also every running instance the projections list, and "
                                                         "the partition feeds (slow; finds running instances with "
@@ -132,7 +129,8 @@ def add_commands(sub: Any, parser: argparse.ArgumentParser | None = None) -> Non
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_stuck)
 
-    x = sub.add_parser("top", help="live terminal view: throughput, instances, lag, workers, slowest steps")
+    x = sub.add_parser("top", parents=[conn],
+                       help="live terminal view: throughput, instances, lag, workers, slowest steps")
     x.add_argument("--interval", type=float, default=1.0, help="refresh every this many seconds")
     x.add_argument("--once", action="store_true", help="print one frame and exit")
     x.add_argument("--iterations", type=int, default=0, help="exit after this many frames (0: until q/Ctrl-C)")

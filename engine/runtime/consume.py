@@ -10,11 +10,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from engine.errors import StoreUnavailable
 from engine.store.connection import Redis, is_cluster
-from engine.store.events import TRANSIENT
+from engine.store.errors import REFUSED, TRANSIENT, is_nogroup
+from engine.store.replies import text
 
 # One entry as read: (stream key, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
@@ -22,9 +21,6 @@ log = logging.getLogger("foldflow.consumer")
 _POLL_MIN_S = 0.002
 _POLL_MAX_S = 0.05
 
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 class GroupReader:
@@ -62,16 +58,16 @@ class GroupReader:
                 reply = await self.redis.xautoclaim(stream, self.group, self.consumer, 0, cursor, count=count)
             except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable claiming {stream}: {exc}") from exc
-            except ResponseError as exc:
-                if not _group_lost(exc):
+            except REFUSED as exc:
+                if not is_nogroup(exc):
                     raise
                 await self.recover([stream], "XAUTOCLAIM")
                 return out  # a recreated group has nothing pending
-            claimed = [(stream, _s(eid), fields) for eid, fields in reply[1] if fields is not None]
+            claimed = [(stream, text(eid), fields) for eid, fields in reply[1] if fields is not None]
             if claimed:
                 counts = await self.delivery_counts(stream, [e[1] for e in claimed])
                 out += [(e, counts.get(e[1], 1)) for e in claimed]
-            cursor = _s(reply[0])
+            cursor = text(reply[0])
             if cursor == "0-0":
                 return out
 
@@ -86,8 +82,8 @@ class GroupReader:
             )
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
-        except ResponseError as exc:
-            if not _group_lost(exc):
+        except REFUSED as exc:
+            if not is_nogroup(exc):
                 raise
             await self.recover(self.streams, "XREADGROUP")
             return []
@@ -104,11 +100,11 @@ class GroupReader:
                 replies = await pipe.execute(raise_on_error=False)
             except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
-            missing = [s for s, r in zip(self.streams, replies) if _group_lost(r)]
+            missing = [s for s, r in zip(self.streams, replies) if is_nogroup(r)]
             for r in replies:
                 if isinstance(r, TRANSIENT):
                     raise StoreUnavailable(f"redis unavailable reading {self.group}: {r}") from r
-                if isinstance(r, Exception) and not _group_lost(r):
+                if isinstance(r, Exception) and not is_nogroup(r):
                     raise r
             if missing:
                 await self.recover(missing, "XREADGROUP")
@@ -129,17 +125,17 @@ class GroupReader:
                 reply = await self.redis.xautoclaim(
                     stream, self.group, self.consumer, min_idle_ms, self._cursors[stream], count=count
                 )
-            # TRANSIENT first: TryAgainError (a slot migrating, a failover) is a ResponseError too,
+            # TRANSIENT first: TryAgainError (a slot migrating, a failover) is a refusal (ResponseError) too,
             # and was re-raised as a crash of the loop instead of backing off.
             except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable reclaiming {stream}: {exc}") from exc
-            except ResponseError as exc:
-                if not _group_lost(exc):
+            except REFUSED as exc:
+                if not is_nogroup(exc):
                     raise
                 await self.recover([stream], "XAUTOCLAIM")
                 continue
-            self._cursors[stream] = _s(reply[0])
-            claimed = [(stream, _s(eid), fields) for eid, fields in reply[1] if fields is not None]
+            self._cursors[stream] = text(reply[0])
+            claimed = [(stream, text(eid), fields) for eid, fields in reply[1] if fields is not None]
             if not claimed:
                 continue
             counts = await self.delivery_counts(stream, [e[1] for e in claimed])
@@ -162,7 +158,7 @@ class GroupReader:
                 await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
             except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable recreating group {self.group} on {stream}: {exc}") from exc
-            except ResponseError as exc:
+            except REFUSED as exc:
                 if "BUSYGROUP" in str(exc):
                     continue  # another worker recreated it first
                 raise StoreUnavailable(
@@ -190,14 +186,8 @@ class GroupReader:
         except TRANSIENT as exc:  # as for the claim it follows: back off, do not crash the loop
             raise StoreUnavailable(f"redis unavailable reading delivery counts of {stream}: {exc}") from exc
         return {
-            _s(found[0]["message_id"]): int(found[0]["times_delivered"]) for found in rows if found
+            text(found[0]["message_id"]): int(found[0]["times_delivered"]) for found in rows if found
         }
-
-
-def _group_lost(exc: BaseException) -> bool:
-    """NOGROUP, or a blocked read woken because its stream was deleted under it
-    (Redis 7: "UNBLOCKED the stream key no longer exists")."""
-    return isinstance(exc, ResponseError) and ("NOGROUP" in str(exc) or str(exc).startswith("UNBLOCKED"))
 
 
 def _entries(reply: Any) -> list[Entry]:
@@ -208,8 +198,8 @@ def _entries(reply: Any) -> list[Entry]:
     for stream, entries in items:
         if entries and isinstance(entries[0], list) and len(entries) == 1 and isinstance(entries[0][0], list):
             entries = entries[0]  # RESP3 nests once more
-        name = _s(stream)
-        out += [(name, _s(eid), fields) for eid, fields in entries if fields is not None]
+        name = text(stream)
+        out += [(name, text(eid), fields) for eid, fields in entries if fields is not None]
     return out
 
 

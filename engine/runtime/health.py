@@ -24,24 +24,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from engine.runtime.heartbeat import read_heartbeats
 from engine.runtime.metrics import RedisSnapshot
+from engine.runtime.role import Role
+from engine.runtime.stuck import find_stuck
 from engine.store.connection import Redis, is_cluster
 from engine.store.inventory import breaker_states, dead_letters, group_info
 from engine.store.keys import ACTIVITY_GROUP, ENGINE_GROUP, ROUTER_GROUP, Keys
-from engine.store.stuck import find_stuck
+from engine.store.replies import text
 
 log = logging.getLogger("foldflow.health")
 CHECK_TIMEOUT_S = 2.0
 STUCK_EVERY_S = 60.0
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
 
 class Probe:
     """Health checks and the Redis gauges for one worker."""
 
-    def __init__(self, redis: Redis, keys: Keys, role: str, runner: Any, *, stuck_after_ms: int,
+    def __init__(self, redis: Redis, keys: Keys, role: str, runner: Role, *, stuck_after_ms: int,
                  alive: Callable[[], bool], stopping: Callable[[], bool]) -> None:
         self.redis = redis
         self.keys = keys
@@ -58,26 +57,17 @@ class Probe:
         ok = self.alive()
         return ok, {"status": "ok" if ok else "fail", "role": self.role, "checks": {"loop": "ok" if ok else "stopped"}}
 
-    def _group_streams(self) -> list[tuple[str, str]]:
-        if self.role == "engine":
-            return [(s, ENGINE_GROUP) for s in self.keys.all_inboxes()] + [(self.keys.events, ROUTER_GROUP)]
-        readers = list(getattr(self.runner, "readers", {}).values())  # a projector: one group per projection
-        events_reader = getattr(self.runner, "events_reader", None)
-        readers += [r for r in (getattr(self.runner, "reader", None), events_reader) if r is not None]
-        return [(s, getattr(r, "group", ACTIVITY_GROUP)) for r in readers for s in getattr(r, "streams", [])]
-
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, str] = {}
         try:
             await asyncio.wait_for(self.redis.ping(), CHECK_TIMEOUT_S)
             checks["redis"] = "ok"
-            store = getattr(self.runner, "store", None)
-            if store is not None and getattr(store, "scripts", None):
-                shas = [s.sha for s in store.scripts.values()]
-                exists = await self.redis.script_exists(*shas)
-                missing = [n for n, ok in zip(store.scripts, exists) if not ok]
+            scripts = self.runner.scripts()
+            if scripts:
+                exists = await self.redis.script_exists(*scripts.values())
+                missing = [n for n, ok in zip(scripts, exists) if not ok]
                 checks["scripts"] = "ok" if not missing else f"not loaded: {', '.join(missing)}"
-            pairs = self._group_streams()
+            pairs = self.runner.groups()
             missing_groups: list[str] = []
             by_group: dict[str, list[str]] = {}
             for stream, group in pairs:
@@ -102,9 +92,9 @@ class Probe:
             info = await asyncio.wait_for(self.redis.info(**target), CHECK_TIMEOUT_S)
             # A cluster answers per primary ({node: info}): each holds data, each can evict it.
             per_node = {str(n): i for n, i in info.items()} if cluster else {"": info}
-            nodes = [{"node": name, "version": _s(i.get("redis_version", "")),
+            nodes = [{"node": name, "version": text(i.get("redis_version", "")),
                       "aof_enabled": bool(int(i.get("aof_enabled", 0))),
-                      "maxmemory_policy": _s(i.get("maxmemory_policy", ""))} for name, i in sorted(per_node.items())]
+                      "maxmemory_policy": text(i.get("maxmemory_policy", ""))} for name, i in sorted(per_node.items())]
             versions = sorted({str(n["version"]) for n in nodes})
             policies = sorted({str(n["maxmemory_policy"]) for n in nodes})
             redis_dep: dict[str, Any] = {
@@ -139,7 +129,7 @@ class Probe:
     async def _refresh(self, snap: RedisSnapshot) -> None:
         streams: dict[tuple[str, str, str], tuple[int, int]] = {}
         if self.role == "engine":
-            owned = sorted(getattr(getattr(self.runner, "leases", None), "owned", set()))
+            owned = sorted(self.runner.partitions())
             inboxes = [self.keys.inbox(p) for p in owned]
             for stream, gi in (await group_info(self.redis, inboxes, ENGINE_GROUP)).items():
                 if gi is not None:
@@ -154,13 +144,12 @@ class Probe:
             elif not owned:
                 snap.stuck = 0
         elif self.role == "activities":
-            reader = getattr(self.runner, "reader", None)
-            task_keys = list(getattr(reader, "streams", []))
+            task_keys = [s for s, g in self.runner.groups() if g == ACTIVITY_GROUP]
             for stream, gi in (await group_info(self.redis, task_keys, ACTIVITY_GROUP)).items():
                 if gi is not None:
                     queue = stream.split(":tasks:", 1)[1]
                     streams[(ACTIVITY_GROUP, str(self.keys.stream_partition(stream)), queue)] = (gi.lag, gi.pending)
-            snap.breakers = await breaker_states(self.redis, self.keys, list(getattr(self.runner, "services", [])))
+            snap.breakers = await breaker_states(self.redis, self.keys, self.runner.served_services())
         snap.streams = streams
         roles: dict[str, int] = {}
         for hb in await read_heartbeats(self.redis, self.keys):

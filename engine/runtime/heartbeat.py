@@ -20,33 +20,34 @@ from typing import Any
 import orjson
 
 from engine.runtime.metrics import worker_counters
+from engine.runtime.role import Role
 from engine.store.connection import Redis
 from engine.store.keys import Keys
+from engine.store.replies import text
 
 log = logging.getLogger("foldflow.heartbeat")
 
 
 def heartbeat_key(keys: Keys, consumer: str) -> str:
-    return f"{keys.prefix}:hb:{consumer}"
+    return keys.heartbeat(consumer)
 
 
 def heartbeats_index(keys: Keys) -> str:
-    return f"{keys.prefix}:heartbeats"
+    return keys.heartbeats
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def describe(runner: Any, role: str, consumer: str, version: str, started_ms: int) -> dict[str, Any]:
+def describe(runner: Role, role: str, consumer: str, version: str, started_ms: int) -> dict[str, Any]:
     """The heartbeat's fields (values as Redis stores them)."""
-    leases = getattr(runner, "leases", None)
     fields: dict[str, Any] = {
         "consumer": consumer, "role": role, "host": socket.gethostname(), "pid": os.getpid(),
         "version": version, "started_ms": started_ms, "ts": _now_ms(),
         "counters": orjson.dumps(worker_counters(runner)),
-        "services": orjson.dumps(list(getattr(runner, "services", None) or [])),
-        "partitions": orjson.dumps(sorted(leases.owned) if leases is not None else []),
+        "services": orjson.dumps(runner.served_services()),
+        "partitions": orjson.dumps(sorted(runner.partitions())),
     }
     return fields
 
@@ -97,7 +98,7 @@ class Heartbeat:
 
 async def read_heartbeats(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
     """Live workers' heartbeats, decoded, oldest consumer first."""
-    members = [m.decode() if isinstance(m, bytes) else str(m) for m in await redis.zrange(heartbeats_index(keys), 0, -1)]
+    members = [text(m) for m in await redis.zrange(heartbeats_index(keys), 0, -1)]
     if not members:
         return []
     pipe = redis.pipeline(transaction=False)

@@ -28,6 +28,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from engine.runtime.role import Role
+
 WORKFLOW_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, float("inf"))
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, float("inf"))
 
@@ -136,7 +138,7 @@ def worker_counters(runner: Any) -> dict[str, int]:
 class WorkerCollector(Collector):
     """Reads a worker's own counters at scrape time (no hook on its hot path)."""
 
-    def __init__(self, runner: Any, role: str, consumer: str, version: str) -> None:
+    def __init__(self, runner: Role, role: str, consumer: str, version: str) -> None:
         self.runner = runner
         self.role = role
         self.consumer = consumer
@@ -166,15 +168,14 @@ class WorkerCollector(Collector):
             size = _family("gauge", "foldflow_engine_cache_instances", "Instance states in the cache now.")
             size.add_metric([], len(cache))
             yield size
-        leases = getattr(self.runner, "leases", None)
-        if leases is not None:
+        if self.role == "engine":
             owned = _family("gauge", "foldflow_engine_partitions_owned", "Partitions this worker holds the lease of.")
-            owned.add_metric([], len(leases.owned))
+            owned.add_metric([], len(self.runner.partitions()))
             yield owned
-        running = getattr(self.runner, "_running", None)
+        running = self.runner.running()
         if running is not None:
             fam = _family("gauge", "foldflow_activity_tasks_running", "Handlers running now in this worker.")
-            fam.add_metric([], len(running))
+            fam.add_metric([], running)
             yield fam
 
 
@@ -233,7 +234,7 @@ class RedisCollector(Collector):
         yield breaker
 
 
-def make_registry(runner: Any, role: str, consumer: str, version: str,
+def make_registry(runner: Role, role: str, consumer: str, version: str,
                   snapshot: RedisSnapshot) -> tuple[CollectorRegistry, WorkflowMetrics]:
     """A fresh registry for one worker: its counters, the Redis gauges, process metrics."""
     from prometheus_client import PROCESS_COLLECTOR, PlatformCollector, ProcessCollector

@@ -69,7 +69,6 @@ class EngineObserver:
     def _observe(self, iid: str, events: list[Event], state: State) -> None:
         workflow = state.workflow or "unknown"
         types = self.step_types(workflow, state.def_version or "")
-        m = self.metrics
         debug = log.isEnabledFor(logging.DEBUG)
         for event in events:
             name = event_type(event)
@@ -80,39 +79,45 @@ class EngineObserver:
                 ctx["step"] = step
                 ctx["attempt"] = getattr(event, "attempt", None)
             step_type = types.get(step or "", "unknown")
-            if m is not None:
-                m.transitions.labels(workflow, name).inc()
-            if isinstance(event, StepFailed):
-                kind = event.error.kind or "unknown"
-                log.warning("step failed: %s", event.error.message,
-                            extra={**ctx, "kind": kind, "retry_at": event.retry_at})
-                if m is not None:
-                    m.step_errors.labels(workflow, step_type, kind).inc()
-                    if event.retry_at is not None:
-                        m.retries.labels(workflow, step_type).inc()
-                    else:
-                        self._step_done(workflow, step_type, state, event.step, "failed")
-            elif isinstance(event, WorkflowFailed):
-                kind = (event.error.kind if event.error else None) or "unknown"
-                log.warning("workflow failed: %s", event.error.message if event.error else "",
-                            extra={**ctx, "kind": kind})
-                if m is not None:
-                    m.workflow_errors.labels(workflow, kind).inc()
-            elif debug:
+            if not self._log_failure(event, ctx) and debug:
                 log.debug("transition %s", name, extra=ctx)
-            if m is None:
-                continue
-            if isinstance(event, StepCompleted):
-                self._step_done(workflow, step_type, state, event.step, "completed")
-            elif isinstance(event, WorkflowRetried):
-                for retried in event.steps:
-                    m.retries.labels(workflow, types.get(retried, "unknown")).inc()
-            status = FINAL.get(type(event))
-            if status is not None:
-                m.executions.labels(workflow, status).inc()
-                if state.created_ms is not None and state.finished_ms is not None:
-                    m.execution_seconds.labels(workflow, status).observe(
-                        max(0, state.finished_ms - state.created_ms) / 1000)
+            if self.metrics is not None:
+                self._count(self.metrics, event, name, workflow, step_type, types, state)
+
+    @staticmethod
+    def _log_failure(event: Event, ctx: dict[str, Any]) -> bool:
+        """One WARNING line per failure, with its kind; False when the event is no failure."""
+        if isinstance(event, StepFailed):
+            log.warning("step failed: %s", event.error.message,
+                        extra={**ctx, "kind": event.error.kind or "unknown", "retry_at": event.retry_at})
+            return True
+        if isinstance(event, WorkflowFailed):
+            log.warning("workflow failed: %s", event.error.message if event.error else "",
+                        extra={**ctx, "kind": (event.error.kind if event.error else None) or "unknown"})
+            return True
+        return False
+
+    def _count(self, m: WorkflowMetrics, event: Event, name: str, workflow: str, step_type: str,
+               types: dict[str, str], state: State) -> None:
+        m.transitions.labels(workflow, name).inc()
+        if isinstance(event, StepFailed):
+            m.step_errors.labels(workflow, step_type, event.error.kind or "unknown").inc()
+            if event.retry_at is not None:
+                m.retries.labels(workflow, step_type).inc()
+            else:
+                self._step_done(workflow, step_type, state, event.step, "failed")
+        elif isinstance(event, WorkflowFailed):
+            m.workflow_errors.labels(workflow, (event.error.kind if event.error else None) or "unknown").inc()
+        elif isinstance(event, StepCompleted):
+            self._step_done(workflow, step_type, state, event.step, "completed")
+        elif isinstance(event, WorkflowRetried):
+            for retried in event.steps:
+                m.retries.labels(workflow, types.get(retried, "unknown")).inc()
+        status = FINAL.get(type(event))
+        if status is not None:
+            m.executions.labels(workflow, status).inc()
+            if state.created_ms is not None and state.finished_ms is not None:
+                m.execution_seconds.labels(workflow, status).observe(max(0, state.finished_ms - state.created_ms) / 1000)
 
     def _step_done(self, workflow: str, step_type: str, state: State, step: str, status: str) -> None:
         st = state.step(step)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from engine.errors import ConfigError, StoreUnavailable
 from engine.store.connection import Redis, is_cluster
-from engine.store.events import TRANSIENT
+from engine.store.errors import REFUSED, TRANSIENT
+from engine.store.replies import text
 
 log = logging.getLogger("foldflow.preflight")
 SAFE_POLICY = "noeviction"
@@ -53,11 +52,11 @@ async def _policies(redis: Redis) -> list[str] | None:
         found = _collect(reply, "maxmemory-policy")
         if found:
             return found
-    except ResponseError as exc:  # NOPERM, or CONFIG renamed away
+    except REFUSED as exc:  # NOPERM, or CONFIG renamed away
         log.info("CONFIG GET maxmemory-policy refused (%s); reading INFO memory instead", exc)
     try:
         info = await redis.info("memory", **target)
-    except ResponseError as exc:
+    except REFUSED as exc:
         log.info("INFO memory refused: %s", exc)
         return None
     return _collect(info, "maxmemory_policy") or None
@@ -70,7 +69,7 @@ def _collect(reply: Any, field: str) -> list[str]:
     for key in (field, field.encode()):
         if key in reply:
             value = reply[key]
-            return [value.decode() if isinstance(value, bytes) else str(value)]
+            return [text(value)]
     out: list[str] = []
     for value in reply.values():
         if isinstance(value, dict):

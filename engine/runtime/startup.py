@@ -14,8 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from engine.errors import StoreUnavailable
-from engine.store.events import TRANSIENT
+from engine.store.errors import UNAVAILABLE
 
 log = logging.getLogger("foldflow.startup")
 MAX_BACKOFF_S = 2.0
@@ -28,7 +27,7 @@ async def prepare_when_reachable(prepare: Callable[[], Awaitable[None]], stoppin
         try:
             await prepare()
             return True
-        except (StoreUnavailable, *TRANSIENT) as exc:
+        except UNAVAILABLE as exc:
             log.warning("%s: redis unavailable at startup, retrying in %.2fs: %s", role, backoff, exc)
         try:
             await asyncio.wait_for(stopping.wait(), backoff)

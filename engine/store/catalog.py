@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.core.definition import Definition, DefinitionError, canonical_json, document_of, parse_definition, version_sort_key
+from engine.core.ids import encode_shape, filter_shape
 from engine.errors import PoisonMessage
 from engine.store.events import Store
-from engine.store.keys import encode_shape, filter_shape
 
 
 class Catalog:

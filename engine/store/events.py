@@ -1,46 +1,34 @@
 """The Redis event store: instance streams, their partition feeds, and the
-scripts that change them atomically. The only module of the write side that
-speaks Redis commands; redis errors are translated here.
+scripts that change them atomically. Redis errors
+become the error tree through engine.store.errors.
 """
 
 from __future__ import annotations
 
-import hashlib
+import enum
 import logging
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ClusterDownError, MasterDownError, NoScriptError, ResponseError, TryAgainError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from engine.core.evolve import fold_stored
 from engine.core.model import INITIAL, Event, State, decode_event, encode
-from engine.errors import ConfigError, DefinitionConflict, PoisonMessage, StoreUnavailable
-from engine.store.connection import evalsha_many, is_cluster
+from engine.errors import ConfigError, DefinitionConflict, InvariantBroken, PoisonMessage, StoreUnavailable
+from engine.store.connection import is_cluster
+from engine.store.errors import TRANSIENT
 from engine.store.keys import Keys
+from engine.store.lua import ScriptRunner
 from engine.store.plan import Effects
+from engine.store.replies import text
 
 decode_snapshot = msgspec.json.Decoder(State).decode
 
-SCRIPTS = Path(__file__).parent / "scripts"
 log = logging.getLogger("foldflow.store")
-# What "Redis is not answering right now" looks like, including a cluster in
-# the middle of a failover; callers back off and try again.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError, MasterDownError)
-
-
-class Script:
-    __slots__ = ("name", "sha", "source")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.source = (SCRIPTS / f"{name}.lua").read_bytes()
-        self.sha = hashlib.sha1(self.source).hexdigest()
 
 
 class AppendRequest:
@@ -78,18 +66,35 @@ class AppendRequest:
         self.catchups = catchups
 
 
-OK, CONFLICT, NOT_OWNER, FENCED = 1, 0, -1, -2
-UNAVAILABLE = -3  # the call carrying this decision failed in transit: applied whole or not at all
+class AppendOutcome(enum.Enum):
+    """What became of one decision sent to append.lua, and which AppendResult fields say more."""
+
+    OK = "ok"  # written; version and last_id are the stream's after it
+    CONFLICT = "conflict"  # nothing written: version and last_id are the stream's as found
+    NOT_OWNER = "not_owner"  # nothing written: entry_id is no longer pending for this consumer
+    FENCED = "fenced"  # nothing written: holder holds the partition's lease (None: nobody)
+    UNAVAILABLE = "unavailable"  # its call failed in transit (error): applied whole or not at all
+
+
+# append.lua's reply codes, one per decision (see its "Returns")
+_WRITTEN, _STALE, _NOT_PENDING, _FENCED = 1, 0, -1, -2
 
 
 class AppendResult:
-    __slots__ = ("entry_id", "last_id", "status", "version")
+    """One decision's outcome; each other field is set only for the outcomes named beside it."""
 
-    def __init__(self, status: int, version: int = 0, last_id: str = "", entry_id: str = "") -> None:
-        self.status = status
-        self.version = version
-        self.last_id = last_id
-        self.entry_id = entry_id
+    __slots__ = ("entry_id", "error", "holder", "last_id", "outcome", "version")
+
+    def __init__(
+        self, outcome: AppendOutcome, *, version: int | None = None, last_id: str | None = None,
+        entry_id: str | None = None, holder: str | None = None, error: str | None = None,
+    ) -> None:
+        self.outcome = outcome
+        self.version = version  # the stream's version (OK, CONFLICT)
+        self.last_id = last_id  # the id of the stream's last entry (OK, CONFLICT); None: no entry, or none written
+        self.entry_id = entry_id  # the inbox entry that is no longer ours (NOT_OWNER)
+        self.holder = holder  # the lease's holder (FENCED)
+        self.error = error  # why the call failed (UNAVAILABLE)
 
 
 def event_type(event: Event) -> str:
@@ -106,73 +111,13 @@ def _tag_of(cls: type) -> str:
     return tag
 
 
-def s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+class Store(ScriptRunner):
+    """Instance streams and the scripts that change them; scripts run through ScriptRunner."""
 
-
-class Store:
     def __init__(self, redis: aioredis.Redis, keys: Keys, *, wait_replicas: int = 0,
                  wait_timeout_ms: int = 1000) -> None:
-        self.redis = redis
+        super().__init__(redis, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
         self.keys = keys
-        self.wait_replicas = wait_replicas  # WAIT for this many replicas after each batch of writes
-        self.wait_timeout_ms = wait_timeout_ms
-        self.under_replicated = 0  # batches that fewer replicas acknowledged in time
-        self.scripts = {
-            n: Script(n)
-            for n in ("append", "dead_letter", "complete_task", "fire_timers", "register_definition", "lease",
-                      "breaker")
-        }
-
-    # -- scripts ------------------------------------------------------------
-    async def load_scripts(self) -> None:
-        for script in self.scripts.values():
-            await self.redis.script_load(script.source)
-
-    async def run(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        script = self.scripts[name]
-        try:
-            try:
-                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                # The script cache is volatile (restart, failover, SCRIPT FLUSH): load it
-                # for next time, and run this call with EVAL, which a flush cannot race.
-                await self.redis.script_load(script.source)
-                return await self.redis.eval(script.source.decode(), len(keys), *keys, *args)
-        except TRANSIENT as exc:
-            raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
-
-    async def run_many(self, name: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
-                       *, partial: bool = False) -> list[Any]:
-        """Pipeline many calls of one script; NOSCRIPT answers are loaded and re-run.
-
-        StoreUnavailable when Redis does not answer; with ``partial``, only when no call got
-        through: a call that failed in transit (Redis Cluster: one node failing over while
-        the others answer) is returned as its exception, the others' replies as they are.
-        """
-        if not calls:
-            return []
-        script = self.scripts[name]
-        try:
-            wait = (self.wait_replicas, self.wait_timeout_ms, self._replicated) if self.wait_replicas else None
-            results = await evalsha_many(self.redis, script.sha, script.source, calls, wait)
-        except TRANSIENT as exc:
-            raise StoreUnavailable(f"redis unavailable running {name}.lua: {exc}") from exc
-        answered = partial and any(not isinstance(r, Exception) for r in results)
-        for r in results:
-            if isinstance(r, TRANSIENT):
-                if answered:
-                    continue
-                raise StoreUnavailable(f"redis unavailable running {name}.lua: {r}") from r
-            if isinstance(r, Exception):
-                raise r
-        return results
-
-    def _replicated(self, acked: int) -> None:
-        if acked < self.wait_replicas:
-            self.under_replicated += 1
-            log.warning("WAIT %d: only %d replicas acknowledged within %d ms", self.wait_replicas, acked,
-                        self.wait_timeout_ms)
 
     async def check_durability(self, require_fsync_always: bool) -> None:
         """Refuse to run with weaker durability than the deployment asked for."""
@@ -186,7 +131,7 @@ class Store:
         except ResponseError as exc:
             raise ConfigError(f"FOLDFLOW_REQUIRE_FSYNC_ALWAYS is set but CONFIG GET is refused ({exc}); "
                               "it cannot be checked") from exc
-        values = {s(k): s(v) for k, v in config.items()}
+        values = {text(k): text(v) for k, v in config.items()}
         appendonly, fsync = values.get("appendonly", "no"), values.get("appendfsync", "")
         if appendonly != "yes" or fsync != "always":
             raise ConfigError(f"FOLDFLOW_REQUIRE_FSYNC_ALWAYS is set but Redis runs appendonly={appendonly} "
@@ -199,7 +144,7 @@ class Store:
         stored = await self.redis.hget(self.keys.meta, "partitions")
         if stored is None or int(stored) != self.keys.partitions:
             raise ConfigError(
-                f"{self.keys.meta} says partitions={s(stored or b'?')} but this process was started "
+                f"{self.keys.meta} says partitions={text(stored or b'?')} but this process was started "
                 f"with FOLDFLOW_PARTITIONS={self.keys.partitions}: every process of a deployment "
                 "must use the recorded count"
             )
@@ -249,7 +194,7 @@ class Store:
             except PoisonMessage as exc:
                 out.append(exc)
                 continue
-            last = s(entries[-1][0]) if entries else after
+            last = text(entries[-1][0]) if entries else after
             out.append((fold_stored(state, ((e, ts) for _, e, ts in stored)), last))
         if broken:
             again = await self.load_many([(wanted[i][0], INITIAL, None) for i in broken], snapshots=False)
@@ -280,7 +225,7 @@ class Store:
             except (msgspec.ValidationError, msgspec.DecodeError):
                 continue  # written by another version of the State struct: replay instead
             if state.version == int(version):
-                out[i] = (wanted[i][0], state, s(last_id))
+                out[i] = (wanted[i][0], state, text(last_id))
         return out
 
     async def load(self, instance_id: str) -> State:
@@ -294,39 +239,20 @@ class Store:
         own); fenced: only while this consumer holds each partition's lease. Results come
         back in the order of ``reqs``; a decision whose call failed in transit while others
         got through is UNAVAILABLE (StoreUnavailable when none got through)."""
-        # One call per partition, and one decision per instance in a call: append.lua does a
-        # call's removals last, which is only order-free across different instances.
-        order: list[tuple[int, list[int]]] = []
-        open_calls: dict[int, tuple[list[int], set[str]]] = {}
-        for i, r in enumerate(reqs):
-            call = open_calls.get(r.p)
-            if call is None or r.instance_id in call[1]:
-                call = open_calls[r.p] = ([], set())
-                order.append((r.p, call[0]))
-            call[0].append(i)
-            call[1].add(r.instance_id)
+        order = _calls_of(reqs)
         calls = [self._append_call(p, [reqs[i] for i in idx], group, consumer, fenced) for p, idx in order]
         replies = await self.run_many("append", calls, partial=True)
         out: list[AppendResult | None] = [None] * len(reqs)
         for (_, idx), reply in zip(order, replies):
             if isinstance(reply, Exception):
                 for i in idx:
-                    out[i] = AppendResult(UNAVAILABLE, entry_id=str(reply))
+                    out[i] = AppendResult(AppendOutcome.UNAVAILABLE, error=str(reply))
                 continue
             for j, i in enumerate(idx):
-                status, a, b = reply[3 * j: 3 * j + 3]
-                status = int(status)
-                if status == OK:
-                    out[i] = AppendResult(OK, int(a), s(b))
-                elif status == CONFLICT:
-                    out[i] = AppendResult(CONFLICT, int(a), s(b))
-                elif status == FENCED:
-                    out[i] = AppendResult(FENCED, entry_id=s(a))
-                else:
-                    out[i] = AppendResult(NOT_OWNER, entry_id=s(a))
+                out[i] = _result(*reply[3 * j: 3 * j + 3])
         missing = [i for i, r in enumerate(out) if r is None]
         if missing:
-            raise RuntimeError(f"append.lua answered {len(reqs) - len(missing)} of {len(reqs)} decisions")
+            raise InvariantBroken(f"append.lua answered {len(reqs) - len(missing)} of {len(reqs)} decisions")
         return out  # type: ignore[return-value]
 
     def _append_call(self, p: int, reqs: Sequence[AppendRequest], group: str, consumer: str,
@@ -348,27 +274,7 @@ class Store:
                      len(r.entry_ids), *r.entry_ids, len(r.events))
             for e in r.events:
                 args += (_tag_of(type(e)), encode(e))
-            ops: list[Any] = []
-            fx = r.effects
-            for key, task_id, step, attempt, data in fx.tasks:
-                ops += ("T", ref(key), task_id, step, attempt, data)
-            for score, member in fx.timers_add:
-                ops += ("Z", score, member)
-            for member in fx.timers_rem:
-                ops += ("z", member)
-            for key, member in fx.sadd:
-                ops += ("S", ref(key), member)
-            for key, member in fx.srem:
-                ops += ("s", ref(key), member)
-            if r.snapshot is not None and r.events:
-                ops += ("P", ref(k.snapshot(p, r.instance_id)), r.snapshot)
-            if fx.finished:
-                ops += ("F", ref(k.finished(p)))
-            for target, command in fx.outbox:
-                ops += ("O", ref(k.outbox(p)), target, command["type"], command["id"], command["data"],
-                        command["cmd_id"])
-            for member in r.catchups:
-                ops += ("C", ref(k.catchups(p)), member)
+            ops = _effect_ops(r, k, p, ref)
             args.append(len(ops))
             args += ops
         return keys, args
@@ -382,7 +288,25 @@ class Store:
         for source, dlq, group, entry_id, reason, fields, deliveries in items:
             original = orjson.dumps({_text(k): _text(v) for k, v in fields.items()})
             calls.append(([source, dlq], [group, consumer, entry_id, reason, ts, original, deliveries]))
+        if is_cluster(self.redis):
+            # No script may touch two slots there, and ff:events / ff:events:dlq have no common hash tag.
+            apart = [c for c in calls if key_slot(c[0][0].encode()) != key_slot(c[0][1].encode())]
+            calls = [c for c in calls if c not in apart]
+            for (source, dlq), args in apart:
+                await self._dead_letter_apart(source, dlq, args)
         await self.run_many("dead_letter", calls)
+
+    async def _dead_letter_apart(self, source: str, dlq: str, args: list[Any]) -> None:
+        """dead_letter.lua as three commands, letter before XACK: a crash in between leaves the
+        entry pending, to be dead-lettered again (twice, never lost)."""
+        group, consumer, entry_id, reason, ts, original, deliveries = args
+        try:
+            if await self.redis.xpending_range(source, group, entry_id, entry_id, 1, consumername=consumer):
+                await self.redis.xadd(dlq, {"reason": reason, "source": source, "entry_id": entry_id, "group": group,
+                                            "ts": ts, "deliveries": deliveries, "fields": original})
+                await self.redis.xack(source, group, entry_id)
+        except TRANSIENT as exc:
+            raise StoreUnavailable(f"redis unavailable dead-lettering {entry_id} of {source}: {exc}") from exc
 
     async def leases(self, op: str, partitions: Sequence[int], holder: str, ttl_ms: int) -> list[bool]:
         calls = [([self.keys.lease(p)], [op, holder, ttl_ms]) for p in partitions]
@@ -410,13 +334,65 @@ class Store:
             latest = await self.redis.hget(key, "latest")
             if latest is None:
                 return None
-            version = s(latest)
+            version = text(latest)
         body: Any = await self.redis.hget(key, f"v:{version}")
         return None if body is None else (version, bytes(body))
 
     async def definition_versions(self, name: str) -> list[str]:
         fields = await self.redis.hkeys(self.keys.definition(name))
-        return [s(f)[2:] for f in fields if s(f).startswith("v:")]
+        return [text(f)[2:] for f in fields if text(f).startswith("v:")]
+
+
+def _calls_of(reqs: Sequence[AppendRequest]) -> list[tuple[int, list[int]]]:
+    """Indexes of ``reqs`` grouped into calls: one per partition, and one decision per instance
+    in a call (append.lua does a call's removals last, which is only order-free across instances)."""
+    order: list[tuple[int, list[int]]] = []
+    open_calls: dict[int, tuple[list[int], set[str]]] = {}
+    for i, r in enumerate(reqs):
+        call = open_calls.get(r.p)
+        if call is None or r.instance_id in call[1]:
+            call = open_calls[r.p] = ([], set())
+            order.append((r.p, call[0]))
+        call[0].append(i)
+        call[1].add(r.instance_id)
+    return order
+
+
+def _result(code: Any, a: Any, b: Any) -> AppendResult:
+    """One decision's (code, a, b) triple of append.lua's reply."""
+    code = int(code)
+    if code == _WRITTEN:
+        return AppendResult(AppendOutcome.OK, version=int(a), last_id=text(b) or None)
+    if code == _STALE:
+        return AppendResult(AppendOutcome.CONFLICT, version=int(a), last_id=text(b) or None)
+    if code == _FENCED:
+        return AppendResult(AppendOutcome.FENCED, holder=text(a) or None)
+    return AppendResult(AppendOutcome.NOT_OWNER, entry_id=text(a))  # _NOT_PENDING
+
+
+def _effect_ops(r: AppendRequest, k: Keys, p: int, ref: Callable[[str], int]) -> list[Any]:
+    """A decision's effects as append.lua's op list (KEYS and ARGV: scripts/append.lua's header)."""
+    ops: list[Any] = []
+    fx = r.effects
+    for key, task_id, step, attempt, data in fx.tasks:
+        ops += ("T", ref(key), task_id, step, attempt, data)
+    for score, member in fx.timers_add:
+        ops += ("Z", score, member)
+    for member in fx.timers_rem:
+        ops += ("z", member)
+    for key, member in fx.sadd:
+        ops += ("S", ref(key), member)
+    for key, member in fx.srem:
+        ops += ("s", ref(key), member)
+    if r.snapshot is not None and r.events:
+        ops += ("P", ref(k.snapshot(p, r.instance_id)), r.snapshot)
+    if fx.finished:
+        ops += ("F", ref(k.finished(p)))
+    for target, command in fx.outbox:
+        ops += ("O", ref(k.outbox(p)), target, command["type"], command["id"], command["data"], command["cmd_id"])
+    for member in r.catchups:
+        ops += ("C", ref(k.catchups(p)), member)
+    return ops
 
 
 def _text(value: bytes | str) -> str:
@@ -439,8 +415,8 @@ def _version_of(fields: Any) -> int:
 def decode_stored(instance_id: str, entry_id: bytes | str, fields: Any) -> tuple[str, Event, int]:
     """One instance stream entry -> (entry id, event, ts); PoisonMessage when unreadable."""
     try:
-        return s(entry_id), decode_event(fields[b"data"]), int(fields[b"ts"])
+        return text(entry_id), decode_event(fields[b"data"]), int(fields[b"ts"])
     except Exception as exc:
         raise PoisonMessage(
-            f"instance stream of {instance_id!r} has an unreadable entry {s(entry_id)}: {exc}"
+            f"instance stream of {instance_id!r} has an unreadable entry {text(entry_id)}: {exc}"
         ) from exc

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine.store.keys import ACTIVITY_GROUP, ENGINE_GROUP, ROUTER_GROUP, Keys
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+from engine.store.replies import text
 
 
 def _glob_escape(text: str) -> str:
@@ -50,8 +46,8 @@ async def group_info(redis: aioredis.Redis, streams: Sequence[str], group: str) 
         if isinstance(groups, ResponseError) or not isinstance(groups, list):
             continue
         for g in groups:
-            row = {_s(k): v for k, v in g.items()}
-            if _s(row.get("name", "")) != group:
+            row = {text(k): v for k, v in g.items()}
+            if text(row.get("name", "")) != group:
                 continue
             lag = row.get("lag")
             out[stream] = GroupInfo(stream, group, int(lag) if lag is not None else -1, int(row.get("pending", 0)),
@@ -65,7 +61,7 @@ async def task_streams(redis: aioredis.Redis, keys: Keys, partitions: Sequence[i
     pattern = "{" + _glob_escape(keys.prefix) + ":*}:tasks:*"
     out: dict[str, tuple[int, str]] = {}
     async for raw in redis.scan_iter(match=pattern, count=1000, _type="stream"):
-        key = _s(raw)
+        key = text(raw)
         try:
             p = keys.stream_partition(key)
         except ValueError:
@@ -108,7 +104,7 @@ async def dead_letters(redis: aioredis.Redis, keys: Keys, partitions: Sequence[i
     for p in parts:
         pipe.xlen(keys.dlq(p))
     if events:
-        pipe.xlen(f"{keys.events}:dlq")
+        pipe.xlen(keys.events_dlq)
     replies = await pipe.execute()
     out = {str(p): int(n) for p, n in zip(parts, replies)}
     if events:
@@ -126,13 +122,13 @@ async def breaker_states(redis: aioredis.Redis, keys: Keys, services: Sequence[s
         return {}
     pipe = redis.pipeline(transaction=False)
     for service in services:
-        pipe.hmget(f"{keys.prefix}:breaker:{service}", "state", "trial_until")
+        pipe.hmget(keys.breaker(service), "state", "trial_until")
     replies = await pipe.execute()
     secs, micros = await redis.time()  # not in the pipeline: a cluster pipeline refuses TIME (no key)
     now = int(secs) * 1000 + int(micros) // 1000
     out: dict[str, int] = {}
     for service, (state, trial_until) in zip(services, replies):
-        if state is None or _s(state) != "open":
+        if state is None or text(state) != "open":
             out[service] = 0
         else:
             out[service] = 1 if int(trial_until or 0) > now else 2

@@ -1,4 +1,5 @@
-"""Every Redis key foldflow touches, in one place (streams.md says it for people).
+"""Every Redis key of the write side, in one place (streams.md says it for people; the read
+side keeps its own in projections/keys.py).
 
 Everything one instance touches in one atomic step lives in its partition and
 shares the partition's hash tag ``{<prefix>:<p>}``, so the same Lua scripts run
@@ -9,16 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.core.ids import (  # noqa: F401 - re-exported for the store's callers
-    INSTANCE_ID_RE,
-    QUEUE_RE,
-    encode_shape,
-    entry_key,
-    filter_digest,
-    filter_shape,
-    partition_of,
-    wait_signature,
-)
+from engine.core.ids import filter_digest, partition_of
+from engine.errors import ConfigError
 
 ENGINE_GROUP = "engine"
 ROUTER_GROUP = "router"
@@ -33,7 +26,7 @@ class Keys:
 
     def __init__(self, prefix: str = "ff", partitions: int = 8) -> None:
         if partitions < 1:
-            raise ValueError("partitions must be >= 1")
+            raise ConfigError(f"partitions must be >= 1, got {partitions}")
         self.prefix = prefix
         self.partitions = partitions
         self._tags = tuple("{%s:%d}" % (prefix, p) for p in range(partitions))
@@ -46,6 +39,23 @@ class Keys:
     @property
     def events(self) -> str:
         return f"{self.prefix}:events"
+
+    @property
+    def events_dlq(self) -> str:
+        """Dead letters of the router: external events it could not route."""
+        return f"{self.prefix}:events:dlq"
+
+    def breaker(self, service: str) -> str:
+        """A service's circuit breaker, shared by every activity worker."""
+        return f"{self.prefix}:breaker:{service}"
+
+    def heartbeat(self, consumer: str) -> str:
+        return f"{self.prefix}:hb:{consumer}"
+
+    @property
+    def heartbeats(self) -> str:
+        """Sorted set of every role process's consumer name, scored by its last beat."""
+        return f"{self.prefix}:heartbeats"
 
     def definition(self, name: str) -> str:
         return f"{self.prefix}:def:{name}"

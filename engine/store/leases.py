@@ -17,7 +17,8 @@ import time
 import redis.asyncio as aioredis
 
 from engine.errors import StoreUnavailable
-from engine.store.events import TRANSIENT, Store
+from engine.store.errors import TRANSIENT
+from engine.store.events import Store
 from engine.store.keys import Keys
 
 

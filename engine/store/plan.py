@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from engine.core.codec import command_fields
+from engine.core.ids import encode_shape, filter_shape, partition_of
 from engine.core.model import (
     STEP_CHILD,
     STEP_DELAYED,
@@ -37,7 +39,7 @@ from engine.core.model import (
     WorkflowStarted,
     encode,
 )
-from engine.store.keys import Keys, encode_shape, filter_shape, partition_of
+from engine.store.keys import Keys
 
 
 class Effects:
@@ -51,7 +53,7 @@ class Effects:
         self.sadd: list[tuple[str, str]] = []
         self.srem: list[tuple[str, str]] = []
         # commands for instances in other partitions: (target inbox key, command fields)
-        self.outbox: list[tuple[str, dict[str, str]]] = []
+        self.outbox: list[tuple[str, dict[str, bytes | str]]] = []
         self.finished = False  # reached a final status: its streams may be retired later
 
     def __bool__(self) -> bool:
@@ -129,8 +131,7 @@ class _Planner:
             return
         body = {"step": parent.step, "attempt": parent.attempt, "task_id": self.iid, **data}
         target = self.keys.inbox(self.keys.partition(parent.id))
-        self.fx.outbox.append((target, {"type": type_, "id": parent.id, "data": orjson.dumps(body).decode(),
-                                        "cmd_id": f"child:{self.iid}:{type_}"}))
+        self.fx.outbox.append((target, command_fields(type_, parent.id, body, f"child:{self.iid}:{type_}")))
 
     def task(self, e: StepScheduled | NotificationScheduled, kind: str, iteration: int | None = None) -> None:
         data = TaskData(service=e.queue, endpoint=e.endpoint, input=e.input, context=self.context,
@@ -188,9 +189,8 @@ def _cancelled(pl: _Planner, e: WorkflowCancelled) -> None:
     _disarm_all(pl)
     for child in pl.children.values():  # a cancelled parent cancels the children it is waiting for
         target = pl.keys.inbox(partition_of(child, pl.keys.partitions))
-        pl.fx.outbox.append((target, {"type": "cancel", "id": child,
-                                      "data": orjson.dumps({"reason": f"parent {pl.iid} was cancelled"}).decode(),
-                                      "cmd_id": f"cancel:{child}"}))
+        pl.fx.outbox.append((target, command_fields("cancel", child, {"reason": f"parent {pl.iid} was cancelled"},
+                                                    f"cancel:{child}")))
     pl.children.clear()
     pl.tell_parent("step.failed", {"error": {"message": f"child workflow {pl.iid} was cancelled",
                                              "retryable": False, "kind": "child"}})
@@ -238,8 +238,7 @@ def _child(pl: _Planner, e: ChildStarted) -> None:
     if pl.correlation_id:
         data["correlation_id"] = pl.correlation_id  # a child shares its parent's correlation id
     target = pl.keys.inbox(partition_of(e.child_id, pl.keys.partitions))
-    pl.fx.outbox.append((target, {"type": "start", "id": e.child_id, "data": orjson.dumps(data).decode(),
-                                  "cmd_id": f"start:{e.child_id}"}))
+    pl.fx.outbox.append((target, command_fields("start", e.child_id, data, f"start:{e.child_id}")))
     pl.retries.pop(e.step, None)
     pl.children[e.step] = e.child_id
     if e.timeout_at is not None:

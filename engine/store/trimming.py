@@ -12,13 +12,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from engine.store.keys import entry_key
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
+from engine.core.ids import entry_key
+from engine.store.replies import text
 
 
 async def group_floor(redis: Any, stream: str) -> str | None:
@@ -29,12 +24,12 @@ async def group_floor(redis: Any, stream: str) -> str | None:
         return None  # no such stream
     floors: list[str] = []
     for group in groups:
-        name = _s(group.get("name") or group.get(b"name"))
+        name = text(group.get("name") or group.get(b"name"))
         summary = await redis.xpending(stream, name)
         if summary and summary.get("pending"):
-            floors.append(_s(summary["min"]))
+            floors.append(text(summary["min"]))
         else:
-            floors.append(_s(group.get("last-delivered-id") or group.get(b"last-delivered-id") or "0-0"))
+            floors.append(text(group.get("last-delivered-id") or group.get(b"last-delivered-id") or "0-0"))
     return min(floors, key=entry_key) if floors else None
 
 

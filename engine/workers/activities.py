@@ -9,7 +9,9 @@ task's reply_to inbox, task acknowledged and deleted).
 
 A handler gets an ``engine.Task`` and returns a JSON-able value (its step's
 output). Raising fails the attempt: retryable, unless it raises
-``engine.StepError(msg, retryable=False)``.
+``engine.StepError(msg, retryable=False)``. A StepError's message is recorded as
+given; any other exception with its type and the handler's line that raised it,
+``KeyError: 'warehouse_code' (at shop/handlers.py:42 in reserve)``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import importlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,7 +29,7 @@ import orjson
 from engine.config import Settings
 from engine.core.codec import decode_task_entry
 from engine.core.model import Task
-from engine.errors import PoisonMessage, StoreUnavailable
+from engine.errors import ConfigError, PoisonMessage, StoreUnavailable
 from engine.runtime.consume import Entry, GroupReader
 from engine.runtime.preflight import preflight
 from engine.runtime.startup import prepare_when_reachable
@@ -36,20 +38,9 @@ from engine.store.connection import Redis
 from engine.store.events import Store
 from engine.store.keys import ACTIVITY_GROUP, Keys
 from engine.workers.breaker import CircuitBreakers
+from engine.workers.handler_errors import Handler, handler_error
 
 log = logging.getLogger("foldflow.activities")
-
-Handler = Callable[[Task], Any | Awaitable[Any]]
-
-
-class StepError(Exception):
-    """Raise from a handler to fail the attempt; retryable=False stops retries."""
-
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
-
 
 class Registry:
     def __init__(self) -> None:
@@ -59,7 +50,7 @@ class Registry:
         key = (service, step)
         if key in self._handlers and self._handlers[key] is not fn:
             where = f"step {step!r} of " if step else ""
-            raise ValueError(f"a handler for {where}service {service!r} is already registered")
+            raise ConfigError(f"a handler for {where}service {service!r} is already registered")
         self._handlers[key] = fn
 
     def handler(self, service: str, step: str | None = None) -> Callable[[Handler], Handler]:
@@ -97,6 +88,10 @@ def import_handlers(module: str) -> None:
 
 
 class ActivityWorker:
+    """The activities role: runs the handlers of the services it serves, at most `concurrency` at once."""
+
+    role = "activities"
+
     def __init__(self, redis: Redis, settings: Settings, *, registry: Registry | None = None,
                  services: list[str] | None = None, observer: Any = None) -> None:
         self.observer = observer  # ops: handler metrics and task logs (engine.runtime.observe.ActivityObserver)
@@ -109,7 +104,7 @@ class ActivityWorker:
         self.consumer = settings.consumer_name()
         self.services = services or self.registry.services
         if not self.services:
-            raise ValueError("no activity handlers registered: nothing to serve")
+            raise ConfigError("no activity handlers registered: nothing to serve")
         streams = [self.keys.tasks(p, q) for q in self.services for p in range(self.keys.partitions)]
         self.reader = GroupReader(redis, ACTIVITY_GROUP, self.consumer, streams)
         self._slots = asyncio.Semaphore(settings.concurrency)
@@ -120,6 +115,22 @@ class ActivityWorker:
         self.completed = 0
         self.failed = 0
         self.stale = 0
+
+    # -- the Role protocol (engine.runtime.role) ---------------------------------
+    def groups(self) -> list[tuple[str, str]]:
+        return [(s, ACTIVITY_GROUP) for s in self.reader.streams]
+
+    def partitions(self) -> set[int]:
+        return set()
+
+    def served_services(self) -> list[str]:
+        return list(self.services)
+
+    def scripts(self) -> dict[str, str]:
+        return {name: script.sha for name, script in self.store.scripts.items()}
+
+    def running(self) -> int | None:
+        return len(self._running)
 
     async def prepare(self) -> None:
         await preflight(self.redis)  # refuses a Redis that may evict streams
@@ -232,12 +243,8 @@ class ActivityWorker:
                 result = await asyncio.to_thread(handler, task)
                 if inspect.isawaitable(result):
                     result = await result
-        except StepError as exc:
-            return "step.failed", {**base, "error": {"message": exc.message, "retryable": exc.retryable,
-                                                     "kind": "handler", "type": "StepError"}}
         except Exception as exc:
-            return "step.failed", {**base, "error": {"message": str(exc) or type(exc).__name__, "retryable": True,
-                                                     "kind": "handler", "type": type(exc).__name__}}
+            return "step.failed", {**base, "error": handler_error(exc, handler)}
         finally:
             log.debug("task %s ran in %.3fs", task.task_id, time.perf_counter() - started)
         return "step.completed", {**base, "output": {} if result is None else result}

@@ -42,7 +42,7 @@ class CircuitBreakers:
         return self.threshold > 0
 
     def key(self, service: str) -> str:
-        return f"{self.store.keys.prefix}:breaker:{service}"
+        return self.store.keys.breaker(service)
 
     async def admit(self, service: str) -> float:
         """Seconds to wait before a task for ``service`` may run (0: run now)."""

@@ -17,7 +17,8 @@ from engine.config import Settings
 from engine.errors import StoreUnavailable
 from engine.runtime.consume import Entry, GroupReader, consume
 from engine.store.connection import Redis
-from engine.store.events import TRANSIENT, Store
+from engine.store.errors import TRANSIENT
+from engine.store.events import Store
 from engine.store.keys import RELAY_GROUP, Keys
 
 log = logging.getLogger("foldflow.relay")

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
 
 from engine.config import Settings
-from engine.core.codec import MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS
-from engine.errors import StoreUnavailable
+from engine.core.codec import MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS, check_length, command_fields
+from engine.errors import PoisonMessage, StoreUnavailable
 from engine.runtime.consume import Entry, GroupReader, consume
 from engine.store.connection import Redis
-from engine.store.events import TRANSIENT, Store
+from engine.store.errors import TRANSIENT
+from engine.store.events import Store
 from engine.store.keys import ROUTER_GROUP, Keys
 
 log = logging.getLogger("foldflow.router")
@@ -40,7 +42,7 @@ class EventRouter:
 
     @property
     def dlq(self) -> str:
-        return f"{self.keys.events}:dlq"
+        return self.keys.events_dlq
 
     async def prepare(self) -> None:
         await self.store.ensure_group(self.keys.events, ROUTER_GROUP)
@@ -58,7 +60,7 @@ class EventRouter:
         for _stream, entry_id, fields in entries:
             try:
                 decoded.append((entry_id, *_decode_event(fields, self.settings.max_payload_bytes)))
-            except ValueError as exc:
+            except PoisonMessage as exc:
                 bad.append((entry_id, fields, str(exc)))
         if bad:
             await self._dead_letter(bad)
@@ -75,11 +77,10 @@ class EventRouter:
         self.routed += len(commands)
         return len(commands)
 
-    async def _match(self, decoded: list[tuple[str, str, dict[str, Any], str | None]]) -> list[tuple[int, dict[Any, Any]]]:
+    async def _shapes(self, types: list[str]) -> tuple[dict[str, list[tuple[str, ...]]],
+                                                       dict[tuple[str, int], list[tuple[str, ...]]]]:
+        """Per type: the filter shapes definitions wait with, and per partition those of open waits."""
         P = self.keys.partitions
-        types = sorted({etype for _, etype, _, _ in decoded})
-        if not types:
-            return []
         pipe = self.redis.pipeline(transaction=False)
         for etype in types:
             pipe.smembers(self.keys.event_shapes(etype))
@@ -93,6 +94,14 @@ class EventRouter:
             indexed[etype] = [tuple(orjson.loads(m)) for m in row[0]]
             for p in range(P):
                 shapes[(etype, p)] = [tuple(orjson.loads(m)) for m in row[p + 1]]
+        return indexed, shapes
+
+    async def _match(self, decoded: list[tuple[str, str, dict[str, Any], str | None]]) -> list[tuple[int, dict[Any, Any]]]:
+        P = self.keys.partitions
+        types = sorted({etype for _, etype, _, _ in decoded})
+        if not types:
+            return []
+        indexed, shapes = await self._shapes(types)
         pipe = self.redis.pipeline(transaction=False)
         # First remember each event under every filter shape a definition waits with, so a
         # wait that begins after this moment finds it (no lost wake-ups) ...
@@ -125,42 +134,38 @@ class EventRouter:
         return commands
 
     async def _dead_letter(self, bad: list[tuple[str, dict[bytes, bytes], str]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for entry_id, fields, reason in bad:
-            original = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
-            pipe.xadd(self.dlq, {"reason": reason, "source": self.keys.events, "entry_id": entry_id,
-                                 "fields": orjson.dumps(original)})
-            pipe.xack(self.keys.events, ROUTER_GROUP, entry_id)
+        """The same letter as every other worker's (dead_letter.lua), so `foldflow dlq` reads,
+        filters and replays the router's as it does theirs; the delivery counts are one extra
+        round trip, paid only when an event is unreadable."""
+        deliveries = await self.reader.delivery_counts(self.keys.events, [entry_id for entry_id, _, _ in bad])
+        await self.store.dead_letter_many(
+            [(self.keys.events, self.dlq, ROUTER_GROUP, entry_id, reason, fields, deliveries.get(entry_id, 1))
+             for entry_id, fields, reason in bad],
+            self.reader.consumer, time.time_ns() // 1_000_000,
+        )
+        for entry_id, _, reason in bad:
             log.warning("dead-lettered event %s: %s", entry_id, reason)
-        await pipe.execute()
         self.dead_lettered += len(bad)
 
 
 def _decode_event(fields: dict[bytes, bytes], max_bytes: int) -> tuple[str, dict[str, Any], str | None]:
     etype = fields.get(b"type")
     if not etype:
-        raise ValueError("missing field 'type'")
-    _check_length("type", etype, MAX_TYPE_CHARS)
+        raise PoisonMessage("missing field 'type'")
+    check_length("type", etype.decode(errors="replace"), MAX_TYPE_CHARS)
     raw = fields.get(b"data", b"{}")
     if len(raw) > max_bytes:
-        raise ValueError(f"data is {len(raw)} bytes, over the limit of {max_bytes}")
+        raise PoisonMessage(f"data is {len(raw)} bytes, over the limit of {max_bytes}")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"data is not valid JSON: {exc}") from None
+        raise PoisonMessage(f"data is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"data must be a JSON object, got {type(data).__name__}")
+        raise PoisonMessage(f"data must be a JSON object, got {type(data).__name__}")
     corr = fields.get(b"correlation_id")
     if corr:
-        _check_length("correlation_id", corr, MAX_CORRELATION_ID_CHARS)
+        check_length("correlation_id", corr.decode(errors="replace"), MAX_CORRELATION_ID_CHARS)
     return etype.decode(errors="replace"), data, corr.decode(errors="replace") if corr else None
-
-
-def _check_length(field: str, raw: bytes, limit: int) -> None:
-    """ValueError (dead-lettered) naming the field and the limit, counted in characters as for commands."""
-    n = len(raw.decode(errors="replace"))
-    if n > limit:
-        raise ValueError(f"field {field!r} is {n} characters, over the limit of {limit}")
 
 
 def event_command(iid: str, step: str, attempt: int, etype: str, entry_id: str, data: dict[str, Any],
@@ -169,7 +174,7 @@ def event_command(iid: str, step: str, attempt: int, etype: str, entry_id: str, 
     body: dict[str, Any] = {"step": step, "attempt": attempt, "event_type": etype, "event_id": entry_id, "data": data}
     if correlation_id:
         body["correlation_id"] = correlation_id
-    return {"type": "event", "id": iid, "data": orjson.dumps(body), "cmd_id": f"ev:{entry_id}:{step}:{attempt}"}
+    return command_fields("event", iid, body, f"ev:{entry_id}:{step}:{attempt}")
 
 
 def decode_event_fields(fields: dict[bytes, bytes], max_bytes: int) -> tuple[str, dict[str, Any], str | None]:

@@ -30,6 +30,7 @@ from typing import Any, Final
 
 from engine.core.language.templates import _ESCAPES, Path, TemplateError, _number
 from engine.core.language.templates import ROOTS as TEMPLATE_ROOTS
+from engine.errors import EngineError
 
 ROOTS: Final = TEMPLATE_ROOTS | {"item", "index", "signals"}
 MAX_CHARS: Final = 2_000
@@ -62,7 +63,7 @@ _TOKEN = re.compile(
 )
 
 
-class ConditionError(ValueError):
+class ConditionError(EngineError, ValueError):
     """Malformed condition text; the message names the problem and the text."""
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any, Final
 
@@ -46,7 +46,8 @@ from engine.core.language.condition_parser import (
 from engine.core.language.templates import FUNCTIONS as TEMPLATE_FUNCTIONS
 from engine.core.language.templates import MissingValue
 
-__all__ = ["Condition", "ConditionError", "compile_condition", "condition_problems", "evaluate_condition"]
+__all__ = ["Condition", "ConditionError", "compile_condition", "condition_paths", "condition_problems",
+           "evaluate_condition"]
 
 _MAX_VALUE_DEPTH: Final = 100  # deeper data compares unequal rather than exhausting the stack
 _MAX_NUMBER_TEXT: Final = 64
@@ -87,6 +88,26 @@ def condition_problems(text: str | bool) -> list[str]:
     """For validation at registration: one message when malformed, else []."""
     compiled = _compiled(text)
     return [str(compiled)] if isinstance(compiled, ConditionError) else []
+
+
+def condition_paths(text: str | bool) -> list[str]:
+    """The paths a condition reads, as written; [] when it is malformed."""
+    compiled = _compiled(text)
+    return [] if isinstance(compiled, ConditionError) else list(_paths(compiled._root))
+
+
+def _paths(node: Node) -> Iterator[str]:
+    match node:
+        case Ref(path):
+            yield path.text
+        case ListOf(items) | AllOf(items) | AnyOf(items) | Call(_, items):
+            for item in items:
+                yield from _paths(item)
+        case Not(operand):
+            yield from _paths(operand)
+        case Compare(_, left, right, _):
+            yield from _paths(left)
+            yield from _paths(right)
 
 
 def evaluate_condition(text: str | bool, scope: Mapping[str, Any]) -> bool:

@@ -29,12 +29,13 @@ from engine.core.language.templates import (
     Node,
     Path,
     TemplateError,
+    node_paths,
     parse_expression,
     parse_path,
     to_text,
 )
 
-__all__ = ["MissingValue", "TemplateError", "render", "render_endpoint", "template_problems"]
+__all__ = ["MissingValue", "TemplateError", "render", "render_endpoint", "template_paths", "template_problems"]
 
 MAX_TEMPLATE_CHARS: Final = 10_000
 MAX_VALUE_DEPTH: Final = 64  # deeper payload templates would only serve to exhaust the stack
@@ -88,6 +89,21 @@ def _collect(value: Any, problems: list[str], depth: int) -> None:
     elif isinstance(value, (list, tuple)):
         for item in value:
             _collect(item, problems, depth + 1)
+
+
+def template_paths(text: str) -> list[str]:
+    """The paths the templates in one string read; [] when it has none or is malformed.
+
+    Bare ``{name}`` endpoint placeholders read the context, so they are left out.
+    """
+    if "{" not in text:
+        return []
+    compiled = _compiled(text, False)
+    if isinstance(compiled, _Whole):
+        return list(node_paths(compiled.node))
+    if isinstance(compiled, _Interpolated):
+        return [path for part in compiled.parts if not isinstance(part, str) for path in node_paths(part)]
+    return []
 
 
 def render(value: Any, scope: Mapping[str, Any], optional: frozenset[str] = frozenset()) -> Any:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
+
+from engine.errors import EngineError
 
 ROOTS: Final = frozenset({"input", "context", "steps", "response", "workflow", "event", "item", "index", "signals"})
 MAX_DEPTH: Final = 8
@@ -40,7 +42,7 @@ _ESCAPES: Final = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\
 _KEYWORDS: Final[dict[str, Any]] = {"true": True, "false": False, "null": None}
 
 
-class TemplateError(ValueError):
+class TemplateError(EngineError, ValueError):
     """Malformed template text; the message names the problem and the text."""
 
 
@@ -127,6 +129,18 @@ class Default:
 
 
 Node = Path | Literal | Call | Default
+
+
+def node_paths(node: Node) -> Iterator[str]:
+    """Every path an expression reads, as written; registration checks them against the steps."""
+    if isinstance(node, Path):
+        yield node.text
+    elif isinstance(node, Call):
+        for arg in node.args:
+            yield from node_paths(arg)
+    elif isinstance(node, Default):
+        yield from node_paths(node.expr)
+        yield from node_paths(node.fallback)
 
 
 def _hash(value: Any) -> str:
