@@ -63,7 +63,7 @@ def decode_command_entry(entry_id: str, fields: Mapping[bytes, bytes], max_bytes
         raise PoisonMessage(f"invalid {type_!r} data: {exc}") from None
     except msgspec.DecodeError as exc:
         raise PoisonMessage(f"data of {type_!r} is not valid JSON: {exc}") from None
-    except RecursionError:  # found by tests/test_fuzz.py: it escaped and failed the whole batch
+    except RecursionError:  # found by tests/unit/test_fuzz.py: it escaped and failed the whole batch
         raise PoisonMessage(f"data of {type_!r} is nested too deeply") from None
     correlation_id = getattr(command, "correlation_id", None)
     if isinstance(correlation_id, str):

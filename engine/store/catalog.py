@@ -81,6 +81,6 @@ def parse_stored(body: bytes) -> Definition:
     doc = orjson.loads(body)
     name, version = doc.pop("__name__", None), doc.pop("__version__", None)
     try:
-        return parse_definition(doc, name=name, version=version)
+        return parse_definition(doc, name=name, version=version, strict=False)
     except DefinitionError as exc:
         raise PoisonMessage(f"stored definition {name!r} {version!r} no longer validates: {exc}") from exc

@@ -27,7 +27,7 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 class _Cluster(RedisCluster):
-    """redis-py's cluster client, made to ride out resharding (tests/test_cluster_reshard.py).
+    """redis-py's cluster client, made to ride out resharding (tests/faults/test_cluster_reshard.py).
 
     While a slot migrates, a script whose keys are split over two nodes is refused
     (TRYAGAIN), and redirects can bounce (redis-py sends ASKING and the redirected
@@ -135,7 +135,7 @@ async def evalsha_many(redis: Any, sha: str, source: bytes | str,
             keys, args = calls[i]
             try:
                 # EVAL with the source, not EVALSHA: another SCRIPT FLUSH may land
-                # between the load and this call (tests/test_misconfig.py hit it).
+                # between the load and this call (tests/faults/test_misconfig.py hit it).
                 results[i] = await redis.eval(source, len(keys), *keys, *args)
             except Exception as exc:
                 results[i] = exc

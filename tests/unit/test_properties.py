@@ -174,6 +174,16 @@ def definitions(draw: st.DrawFn) -> Definition:
     return parse_definition({"steps": steps, "error_handlers": handlers}, name="prop", version="1")
 
 
+def _run_after_s0(doc: dict[str, Any], index: int) -> None:
+    """Registration refuses a step reading a step that may not have run yet, so one that reads s0 follows it."""
+    reads = [key for key in ("condition", "items") if "steps.s0." in str(doc.get(key, ""))]
+    if reads and index == 0:
+        for key in reads:
+            doc[key] = "true" if key == "condition" else "{{ input.items }}"
+    elif reads and "s0" not in doc["depends_on"]:
+        doc["depends_on"] = [*doc["depends_on"], "s0"]
+
+
 @st.composite
 def language_definitions(draw: st.DrawFn) -> Definition:
     n = draw(st.integers(1, 8))
@@ -194,6 +204,7 @@ def language_definitions(draw: st.DrawFn) -> Definition:
             actions = ["fail", "continue", "notify"] + (["compensate"] if compensation else [])
             action = draw(st.sampled_from(actions))
             doc["on_timeout"] = {"action": action, **({"target": "ops"} if action == "notify" else {})}
+        _run_after_s0(doc, i)
     handlers = [h for i in range(n) if (h := draw(handler_docs(f"s{i}", compensation))) is not None]
     document: dict[str, Any] = {"steps": steps, "error_handlers": handlers}
     if compensation:

@@ -1,7 +1,7 @@
 """Workflow definitions: the front door.
 
-The data (Step, Definition, ...) is in definition_model.py; parsing and
-validation of JSON and YAML documents in definition_parser.py.
+The data (Step, Definition, ...) is in model.py; parsing and validation of
+JSON and YAML documents in parser.py, which names the modules it is split into.
 """
 
 from engine.core.definition.model import (

@@ -1,6 +1,6 @@
 """Workflow definitions as data: the validated, immutable shape the decider reads.
 
-Parsing and validation live in definition_parser.py; ``engine.core.definition`` is
+Parsing and validation live in parser.py; ``engine.core.definition`` is
 the front door that exports both.
 """
 
@@ -14,6 +14,8 @@ from typing import Any, Final
 import msgspec
 import orjson
 
+from engine.errors import EngineError
+
 _MAX_MS: Final = 2**53 - 1  # stays exact in Lua numbers and JSON doubles
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNIT_MS: Final = {None: 1, "ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -24,7 +26,7 @@ class Problem(msgspec.Struct, frozen=True):
     message: str
 
 
-class DefinitionError(ValueError):
+class DefinitionError(EngineError, ValueError):
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(f"{p.path}: {p.message}" for p in self.problems))
