@@ -149,7 +149,10 @@ def test_final_stage_commands_work_outside_docker(tmp_path: Path) -> None:
             if not os.access(d, os.X_OK) or (d.stat().st_mode & 0o001) == 0:
                 d.chmod(d.stat().st_mode | 0o011) if str(d).startswith("/tmp/") else None
         subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
-        probe = subprocess.run([*prefix, str(py), "-c", "pass"], capture_output=True, cwd="/", env=env)
+        # Import what foldflow needs, not just start: setpriv (unlike runuser) can start a
+        # Python under a private home yet fail to read its site-packages.
+        probe = subprocess.run([*prefix, str(py), "-c", "import orjson, msgspec, redis"], capture_output=True, cwd="/",
+                               env=env)
         if probe.returncode != 0:
             prefix = []
     prefix = prefix or []
