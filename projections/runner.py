@@ -105,6 +105,9 @@ class Projector:
     def running(self) -> int | None:
         return None
 
+    def counters(self) -> dict[str, int]:
+        return self.stats.as_dict()
+
     # -- lifecycle -------------------------------------------------------------
     async def prepare(self) -> None:
         await preflight(self.redis)  # refuses a Redis that may evict streams

@@ -73,66 +73,49 @@ def _family(kind: str, name: str, doc: str, labels: list[str] | None = None) -> 
     return cls(name, doc, labels=labels or [])
 
 
-# What a worker's own counters mean: attribute path -> (kind, metric name, help).
+# What a role's counters() mean: counter name -> (kind, metric name, help).
 ENGINE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
-    ("stats.commands", "counter", "foldflow_engine_commands", "Inbox entries read."),
-    ("stats.events", "counter", "foldflow_engine_events", "Events appended."),
-    ("stats.ignored", "counter", "foldflow_engine_ignored_commands", "Commands that changed nothing (repeats, late results)."),
-    ("stats.conflicts", "counter", "foldflow_engine_append_conflicts", "Appends refused on version: decided again."),
-    ("stats.diverged", "counter", "foldflow_engine_diverged_histories",
+    ("commands", "counter", "foldflow_engine_commands", "Inbox entries read."),
+    ("events", "counter", "foldflow_engine_events", "Events appended."),
+    ("ignored", "counter", "foldflow_engine_ignored_commands", "Commands that changed nothing (repeats, late results)."),
+    ("conflicts", "counter", "foldflow_engine_append_conflicts", "Appends refused on version: decided again."),
+    ("diverged", "counter", "foldflow_engine_diverged_histories",
      "Conflicts where the instance stream lost what a decision was made on (Redis lost writes): reloaded."),
-    ("stats.not_owner", "counter", "foldflow_engine_not_owner", "Entries reclaimed by another worker while held."),
-    ("stats.fenced", "counter", "foldflow_engine_fenced_appends", "Appends refused because the partition lease moved on."),
-    ("stats.dead_lettered", "counter", "foldflow_engine_dead_lettered", "Commands moved to a dead-letter stream."),
-    ("stats.reclaimed", "counter", "foldflow_engine_reclaimed", "Pending commands claimed from other consumers."),
-    ("stats.batches", "counter", "foldflow_engine_batches", "Batches decided."),
-    ("cache.hits", "counter", "foldflow_engine_cache_hits", "Instance states found in the worker's cache."),
-    ("cache.misses", "counter", "foldflow_engine_cache_misses", "Instance states loaded from Redis."),
-    ("router.routed", "counter", "foldflow_router_commands", "Event commands the router sent to waiting instances."),
-    ("router.dead_lettered", "counter", "foldflow_router_dead_lettered", "External events dead-lettered."),
-    ("timers.fired", "counter", "foldflow_timers_fired", "Durable timers moved into the inboxes."),
-    ("stats.large_histories", "counter", "foldflow_engine_large_histories",
+    ("not_owner", "counter", "foldflow_engine_not_owner", "Entries reclaimed by another worker while held."),
+    ("fenced", "counter", "foldflow_engine_fenced_appends", "Appends refused because the partition lease moved on."),
+    ("dead_lettered", "counter", "foldflow_engine_dead_lettered", "Commands moved to a dead-letter stream."),
+    ("reclaimed", "counter", "foldflow_engine_reclaimed", "Pending commands claimed from other consumers."),
+    ("batches", "counter", "foldflow_engine_batches", "Batches decided."),
+    ("cache_hits", "counter", "foldflow_engine_cache_hits", "Instance states found in the worker's cache."),
+    ("cache_misses", "counter", "foldflow_engine_cache_misses", "Instance states loaded from Redis."),
+    ("router_routed", "counter", "foldflow_router_commands", "Event commands the router sent to waiting instances."),
+    ("router_dead_lettered", "counter", "foldflow_router_dead_lettered", "External events dead-lettered."),
+    ("timers_fired", "counter", "foldflow_timers_fired", "Durable timers moved into the inboxes."),
+    ("large_histories", "counter", "foldflow_engine_large_histories",
      "Instances whose history crossed FOLDFLOW_HISTORY_WARN_EVENTS."),
-    ("stats.retired", "counter", "foldflow_engine_retired_instances", "Finished instances whose streams were retired."),
-    ("stats.trimmed", "counter", "foldflow_engine_trimmed_entries", "Acknowledged inbox and old event entries trimmed."),
-    ("stats.catchups_swept", "counter", "foldflow_engine_catchups_swept",
+    ("retired", "counter", "foldflow_engine_retired_instances", "Finished instances whose streams were retired."),
+    ("trimmed", "counter", "foldflow_engine_trimmed_entries", "Acknowledged inbox and old event entries trimmed."),
+    ("catchups_swept", "counter", "foldflow_engine_catchups_swept",
      "Event-wait catch-ups a worker left unconfirmed (it died after its append), done by a sweep."),
-    ("stats.unavailable", "counter", "foldflow_engine_redis_unavailable",
+    ("unavailable", "counter", "foldflow_engine_redis_unavailable",
      "Engine loop turns that met an unavailable Redis: the batch in hand was dropped (it stays pending) and retried."),
-    ("relay.relayed", "counter", "foldflow_relay_commands", "Commands relayed from the outbox to other partitions."),
-    ("reader.nogroup_recoveries", "counter", "foldflow_engine_nogroup_recoveries",
+    ("relay_relayed", "counter", "foldflow_relay_commands", "Commands relayed from the outbox to other partitions."),
+    ("reader_nogroup_recoveries", "counter", "foldflow_engine_nogroup_recoveries",
      "Consumer groups found missing (NOGROUP) and recreated: an alarm."),
-    ("store.under_replicated", "counter", "foldflow_engine_under_replicated_batches",
+    ("store_under_replicated", "counter", "foldflow_engine_under_replicated_batches",
      "Batches of writes fewer replicas than FOLDFLOW_WAIT_REPLICAS acknowledged in time."),
 )
 ACTIVITY_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("completed", "counter", "foldflow_activity_completed", "Task results reported as completed."),
     ("failed", "counter", "foldflow_activity_failed", "Task results reported as failed."),
     ("stale", "counter", "foldflow_activity_stale_results", "Late results dropped: the task was reclaimed."),
-    ("breakers.opened", "counter", "foldflow_activity_breaker_opened", "Times this worker saw a circuit breaker open."),
+    ("breakers_opened", "counter", "foldflow_activity_breaker_opened", "Times this worker saw a circuit breaker open."),
 )
 
 
-def _attr(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def worker_counters(runner: Any) -> dict[str, int]:
+def worker_counters(runner: Role) -> dict[str, int]:
     """A worker's counters as a flat dict (for heartbeats and `foldflow top`)."""
-    out: dict[str, int] = {}
-    for path, _, _, _ in ENGINE_COUNTERS + ACTIVITY_COUNTERS:
-        value = _attr(runner, path)
-        if isinstance(value, int) and not isinstance(value, bool):
-            out[path.replace("stats.", "").replace(".", "_")] = value
-    stats = getattr(runner, "stats", None)  # a projector or any other role: whatever it counts
-    if stats is not None and not hasattr(stats, "conflicts"):
-        raw = stats.as_dict() if hasattr(stats, "as_dict") else vars(stats)
-        out.update({str(k): int(v) for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)})
-    return out
+    return runner.counters()
 
 
 class WorkerCollector(Collector):
@@ -153,20 +136,20 @@ class WorkerCollector(Collector):
         up = _family("gauge", "foldflow_worker_start_time_seconds", "When this worker started (unix time).")
         up.add_metric([], self.started)
         yield up
-        for path, kind, name, doc in ENGINE_COUNTERS + ACTIVITY_COUNTERS:
-            value = _attr(self.runner, path)
-            if isinstance(value, int) and not isinstance(value, bool):
+        counters = self.runner.counters()
+        for key, kind, name, doc in ENGINE_COUNTERS + ACTIVITY_COUNTERS:
+            value = counters.get(key)
+            if value is not None:
                 fam = _family(kind, name, doc)
                 fam.add_metric([], value)
                 yield fam
-        cache = getattr(self.runner, "cache", None)
-        if cache is not None and hasattr(cache, "hits"):
-            total = cache.hits + cache.misses
+        if "cache_hits" in counters:
+            hits, total = counters["cache_hits"], counters["cache_hits"] + counters.get("cache_misses", 0)
             ratio = _family("gauge", "foldflow_engine_cache_hit_ratio", "Cache hits / lookups since start (0 when none).")
-            ratio.add_metric([], cache.hits / total if total else 0.0)
+            ratio.add_metric([], hits / total if total else 0.0)
             yield ratio
             size = _family("gauge", "foldflow_engine_cache_instances", "Instance states in the cache now.")
-            size.add_metric([], len(cache))
+            size.add_metric([], counters.get("cache_instances", 0))
             yield size
         if self.role == "engine":
             owned = _family("gauge", "foldflow_engine_partitions_owned", "Partitions this worker holds the lease of.")

@@ -3,8 +3,8 @@ heartbeat know of a worker. A role is named, has a consumer name, runs until
 stopped, and says which (stream, group) pairs it reads, which partitions it
 holds, which services it serves and which scripts it needs loaded.
 
-Counters are read through the metric tables of engine.runtime.metrics, whose
-attribute paths are the schema of each role's statistics.
+Its counters() are what heartbeats, `foldflow top` and /metrics show; the metric
+tables of engine.runtime.metrics say what each name means.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ class Role(Protocol):
         """Work items in flight now, for roles that run several at once; None otherwise."""
         ...
 
+    def counters(self) -> dict[str, int]:
+        """Counts since start, by name (engine.runtime.metrics names their metrics)."""
+        ...
+
 
 class Bystander:
     """A Role that runs nothing: what `foldflow health --direct` checks Redis as."""
@@ -69,3 +73,6 @@ class Bystander:
 
     def running(self) -> int | None:
         return None
+
+    def counters(self) -> dict[str, int]:
+        return {}

@@ -132,6 +132,11 @@ class ActivityWorker:
     def running(self) -> int | None:
         return len(self._running)
 
+    def counters(self) -> dict[str, int]:
+        return {"completed": self.completed, "failed": self.failed, "stale": self.stale,
+                "breakers_opened": self.breakers.opened, "reader_nogroup_recoveries": self.reader.nogroup_recoveries,
+                "store_under_replicated": self.store.under_replicated}
+
     async def prepare(self) -> None:
         await preflight(self.redis)  # refuses a Redis that may evict streams
         await self.store.check_durability(bool(self.settings.require_fsync_always))

@@ -126,6 +126,16 @@ class EngineWorker:
     def running(self) -> int | None:
         return None
 
+    def counters(self) -> dict[str, int]:
+        return {
+            **self.stats.as_dict(),
+            "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_instances": len(self.cache),
+            "router_routed": self.router.routed, "router_dead_lettered": self.router.dead_lettered,
+            "timers_fired": self.timers.fired, "relay_relayed": self.relay.relayed,
+            "reader_nogroup_recoveries": self.reader.nogroup_recoveries,
+            "store_under_replicated": self.store.under_replicated,
+        }
+
     # -- lifecycle -----------------------------------------------------------
     async def prepare(self) -> None:
         await preflight(self.redis)  # refuses a Redis that may evict streams
