@@ -26,6 +26,7 @@ from typing import Any
 from engine.config import Settings
 from engine.errors import PoisonMessage, StoreUnavailable
 from engine.runtime.consume import Entry, GroupReader
+from engine.runtime.metrics import WorkflowMetrics
 from engine.runtime.preflight import preflight
 from engine.runtime.startup import prepare_when_reachable
 from engine.store.connection import Redis
@@ -107,6 +108,9 @@ class Projector:
 
     def counters(self) -> dict[str, int]:
         return self.stats.as_dict()
+
+    def observed_by(self, metrics: WorkflowMetrics) -> None:
+        return None  # the projector's counts are its stats; it has no transitions to report
 
     # -- lifecycle -------------------------------------------------------------
     async def prepare(self) -> None:

@@ -148,7 +148,7 @@ async def serve(runner: Role, redis: Redis, settings: Settings) -> int:
     probe = Probe(redis, keys, role, runner, stuck_after_ms=settings.stuck_after_ms,
                   alive=lambda: not run_task.done(), stopping=stopping.is_set)
     registry, metrics = make_registry(runner, role, consumer, version(), probe.snapshot)
-    _attach_observer(runner, role, metrics)
+    runner.observed_by(metrics)
     start_wall = time.time_ns() // 1_000_000
     heartbeat = Heartbeat(redis, keys, settings.heartbeat_ms,
                           lambda: describe(runner, role, consumer, version(), start_wall), consumer)
@@ -167,18 +167,6 @@ async def serve(runner: Role, redis: Redis, settings: Settings) -> int:
         await asyncio.gather(beat_task, return_exceptions=True)
         if server is not None:
             await server.stop()
-
-
-def _attach_observer(runner: Any, role: str, metrics: Any) -> None:
-    """Give a worker that has no observer yet the one its role reports through."""
-    from engine.runtime.observe import ActivityObserver, EngineObserver, catalog_step_types
-
-    if not hasattr(runner, "observer") or runner.observer is not None:
-        return
-    if role == "engine":
-        runner.observer = EngineObserver(metrics, catalog_step_types(getattr(runner, "catalog", None)))
-    elif role == "activities":
-        runner.observer = ActivityObserver(metrics)
 
 
 @contextlib.contextmanager

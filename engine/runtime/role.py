@@ -10,7 +10,10 @@ tables of engine.runtime.metrics say what each name means.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from engine.runtime.metrics import WorkflowMetrics
 
 
 @runtime_checkable
@@ -46,6 +49,10 @@ class Role(Protocol):
         """Counts since start, by name (engine.runtime.metrics names their metrics)."""
         ...
 
+    def observed_by(self, metrics: WorkflowMetrics) -> None:
+        """Report through these metrics (and the logs), unless an observer was given already."""
+        ...
+
 
 class Bystander:
     """A Role that runs nothing: what `foldflow health --direct` checks Redis as."""
@@ -76,3 +83,6 @@ class Bystander:
 
     def counters(self) -> dict[str, int]:
         return {}
+
+    def observed_by(self, metrics: WorkflowMetrics) -> None:
+        return None

@@ -31,6 +31,8 @@ from engine.core.codec import decode_task_entry
 from engine.core.model import Task
 from engine.errors import ConfigError, PoisonMessage, StoreUnavailable
 from engine.runtime.consume import Entry, GroupReader
+from engine.runtime.metrics import WorkflowMetrics
+from engine.runtime.observe import ActivityObserver
 from engine.runtime.preflight import preflight
 from engine.runtime.startup import prepare_when_reachable
 from engine.store.batching import ScriptBatcher
@@ -131,6 +133,10 @@ class ActivityWorker:
 
     def running(self) -> int | None:
         return len(self._running)
+
+    def observed_by(self, metrics: WorkflowMetrics) -> None:
+        if self.observer is None:
+            self.observer = ActivityObserver(metrics)
 
     def counters(self) -> dict[str, int]:
         return {"completed": self.completed, "failed": self.failed, "stale": self.stale,

@@ -19,6 +19,8 @@ from typing import Any
 from engine.config import Settings
 from engine.errors import StoreUnavailable
 from engine.runtime.consume import Entry, GroupReader
+from engine.runtime.metrics import WorkflowMetrics
+from engine.runtime.observe import EngineObserver, catalog_step_types
 from engine.runtime.preflight import preflight
 from engine.runtime.startup import prepare_when_reachable
 from engine.store.catalog import Catalog
@@ -125,6 +127,10 @@ class EngineWorker:
 
     def running(self) -> int | None:
         return None
+
+    def observed_by(self, metrics: WorkflowMetrics) -> None:
+        if self.observer is None:
+            self.observer = EngineObserver(metrics, catalog_step_types(self.catalog))
 
     def counters(self) -> dict[str, int]:
         return {
