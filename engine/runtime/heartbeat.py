@@ -19,21 +19,12 @@ from typing import Any
 
 import orjson
 
-from engine.runtime.metrics import worker_counters
 from engine.runtime.role import Role
 from engine.store.connection import Redis
 from engine.store.keys import Keys
 from engine.store.replies import text
 
 log = logging.getLogger("foldflow.heartbeat")
-
-
-def heartbeat_key(keys: Keys, consumer: str) -> str:
-    return keys.heartbeat(consumer)
-
-
-def heartbeats_index(keys: Keys) -> str:
-    return keys.heartbeats
 
 
 def _now_ms() -> int:
@@ -45,7 +36,7 @@ def describe(runner: Role, role: str, consumer: str, version: str, started_ms: i
     fields: dict[str, Any] = {
         "consumer": consumer, "role": role, "host": socket.gethostname(), "pid": os.getpid(),
         "version": version, "started_ms": started_ms, "ts": _now_ms(),
-        "counters": orjson.dumps(worker_counters(runner)),
+        "counters": orjson.dumps(runner.counters()),
         "services": orjson.dumps(runner.served_services()),
         "partitions": orjson.dumps(sorted(runner.partitions())),
     }
@@ -63,15 +54,15 @@ class Heartbeat:
         self._stopping = asyncio.Event()
 
     async def beat(self) -> None:
-        key = heartbeat_key(self.keys, self.consumer)
+        key = self.keys.heartbeat(self.consumer)
         now = _now_ms()
         pipe = self.redis.pipeline(transaction=False)
         fields: Any = self.fields()
         pipe.hset(key, mapping=fields)
         pipe.pexpire(key, 3 * self.interval_ms)
-        pipe.zadd(heartbeats_index(self.keys), {self.consumer: now})
+        pipe.zadd(self.keys.heartbeats, {self.consumer: now})
         # Index entries of workers gone for an hour are noise: drop them.
-        pipe.zremrangebyscore(heartbeats_index(self.keys), "-inf", now - 3_600_000)
+        pipe.zremrangebyscore(self.keys.heartbeats, "-inf", now - 3_600_000)
         await pipe.execute()
 
     async def run(self) -> None:
@@ -90,20 +81,20 @@ class Heartbeat:
         self._stopping.set()
         try:
             await self.beat()  # final counters, then gone
-            await self.redis.delete(heartbeat_key(self.keys, self.consumer))
-            await self.redis.zrem(heartbeats_index(self.keys), self.consumer)
+            await self.redis.delete(self.keys.heartbeat(self.consumer))
+            await self.redis.zrem(self.keys.heartbeats, self.consumer)
         except Exception as exc:
             log.debug("could not remove heartbeat: %s", exc)
 
 
 async def read_heartbeats(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
     """Live workers' heartbeats, decoded, oldest consumer first."""
-    members = [text(m) for m in await redis.zrange(heartbeats_index(keys), 0, -1)]
+    members = [text(m) for m in await redis.zrange(keys.heartbeats, 0, -1)]
     if not members:
         return []
     pipe = redis.pipeline(transaction=False)
     for m in members:
-        pipe.hgetall(heartbeat_key(keys, m))
+        pipe.hgetall(keys.heartbeat(m))
     out = []
     for member, raw in zip(members, await pipe.execute()):
         if not raw:

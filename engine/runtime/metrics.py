@@ -113,11 +113,6 @@ ACTIVITY_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-def worker_counters(runner: Role) -> dict[str, int]:
-    """A worker's counters as a flat dict (for heartbeats and `foldflow top`)."""
-    return runner.counters()
-
-
 class WorkerCollector(Collector):
     """Reads a worker's own counters at scrape time (no hook on its hot path)."""
 
