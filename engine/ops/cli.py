@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)
     from engine.ops.dlq_cli import add_commands as add_dlq_commands
     add_dlq_commands(sub)
+    from engine.ops.api_cli import add_commands as add_api_commands
+    add_api_commands(sub)
     return p
 
 

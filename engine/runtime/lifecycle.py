@@ -75,6 +75,7 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
                                                     "breaker_cooldown_ms"),
     "projector": CONNECTION + _SERVED + ("claim_idle_ms",),
     "health": CONNECTION + ("metrics_port", "stuck_after_ms"),
+    "api": SENDS + ("log_format", "stuck_after_ms"),
 }
 
 

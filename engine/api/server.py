@@ -1,0 +1,36 @@
+"""`foldflow api`: the app on uvicorn (uvloop, httptools), bound as the settings say.
+
+With no auth configured it binds loopback only: a non-loopback address is
+refused (exit 2, saying why) unless --insecure-no-auth is given, so an open API
+is always a decision someone wrote down."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from engine.api.app import create_app
+from engine.api.settings import ApiSettings, bind_refusal
+from engine.config import Settings
+
+log = logging.getLogger("foldflow.api")
+
+
+def uvicorn_config(settings: Settings, api: ApiSettings) -> uvicorn.Config:
+    return uvicorn.Config(create_app(settings, api), host=api.host, port=api.port, loop="none", http="httptools",
+                          ws="websockets-sansio", lifespan="on", access_log=False, log_config=None,
+                          server_header=False, timeout_graceful_shutdown=5)
+
+
+async def serve_api(settings: Settings, api: ApiSettings) -> int:
+    refusal = bind_refusal(api)
+    if refusal:
+        print(f"foldflow api: {refusal}", file=sys.stderr)
+        return 2
+    if not api.auth_configured:
+        log.warning("serving with no auth on %s: every route is open to whoever reaches it", api.host)
+    server = uvicorn.Server(uvicorn_config(settings, api))
+    await server.serve()
+    return 0 if server.started else 1
