@@ -42,3 +42,8 @@ class InvariantBroken(EngineError):
 
 class InvalidInput(EngineError):
     """A caller's argument is malformed (instance id, JSON, payload too large)."""
+
+
+class Refused(EngineError):
+    """A well-formed request that the current state does not allow (resume of a completed
+    instance, a start of a deactivated workflow); the message says why."""

@@ -16,7 +16,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from engine.core.definition import DefinitionError
-from engine.errors import DefinitionConflict, EngineError, InvalidInput, NotFound, StoreUnavailable
+from engine.errors import DefinitionConflict, EngineError, InvalidInput, NotFound, Refused, StoreUnavailable
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("foldflow.api")
@@ -69,7 +69,7 @@ def as_problem(exc: Exception) -> Problem:
         case DefinitionError():
             items = [ProblemItem(path=p.path, message=p.message) for p in exc.problems]
             return Problem(422, f"the definition has {len(items)} problem(s)", errors=items)
-        case DefinitionConflict():
+        case DefinitionConflict() | Refused():
             return Problem(409, str(exc))
         case NotFound():
             return Problem(404, str(exc))
