@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 
 from engine.core.definition import DefinitionError
 from engine.errors import DefinitionConflict, EngineError, InvalidInput, NotFound, Refused, StoreUnavailable
@@ -109,4 +110,14 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[ProblemD
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     Exception: handle, HTTPException: handle, **{code: handle for code in (400, 401, 403, 404, 405, 413, 415, 500)}}
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "Problem", "ProblemDetail", "ProblemItem", "as_problem"]
+
+
+def problems(*codes: int, public: bool = False) -> dict[int, ResponseSpec]:
+    """The `responses=` of a route: each status it can refuse with, as a problem document
+    in the OpenAPI spec (plus 401/403 when it needs a token, and 503 when Redis is away)."""
+    every = {*codes, 503} | (set() if public else {401, 403})
+    return {code: ResponseSpec(data_container=ProblemDetail, description=TITLES.get(code, "Error"),
+                               media_type=PROBLEM_JSON, generate_examples=False) for code in sorted(every)}
+
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "Problem", "ProblemDetail", "ProblemItem", "as_problem", "problems"]
