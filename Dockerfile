@@ -20,7 +20,8 @@ WORKDIR /home/foldflow
 ENV PYTHONUNBUFFERED=1 \
     FOLDFLOW_METRICS_PORT=9100 \
     FOLDFLOW_LOG_FORMAT=json
-EXPOSE 9100
+# 9100: each role's metrics and health; 8080: `foldflow api`.
+EXPOSE 9100 8080
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 CMD ["foldflow", "health", "readiness"]
 ENTRYPOINT ["foldflow"]

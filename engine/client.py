@@ -21,12 +21,13 @@ from engine.core.evolve import fold_stored
 from engine.core.ids import INSTANCE_ID_RE
 from engine.core.language.schema import violations
 from engine.core.model import INITIAL, STATUS_NONE, TERMINAL, State, encode
-from engine.errors import InvalidInput, UnknownInstance, UnknownWorkflow
+from engine.errors import InvalidContext, InvalidInput, UnknownInstance, UnknownWorkflow
 from engine.store.catalog import Catalog
 from engine.store.connection import Redis, connect
 from engine.store.errors import translate_methods
 from engine.store.events import Store, event_type
 from engine.store.keys import Keys
+from engine.store.published import EventLog, Published, event_fields
 from engine.store.replies import text
 
 FINAL_STATUSES = frozenset(TERMINAL | {"failed"})
@@ -40,6 +41,7 @@ class Client:
         self.keys = Keys(self.settings.prefix, self.settings.partitions)
         self.store = Store(redis, self.keys)
         self.catalog = Catalog(self.store)
+        self.events = EventLog(self.store, self.keys)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Client:
@@ -62,6 +64,12 @@ class Client:
             which = f"version {version!r}" if version else "any version"
             raise UnknownWorkflow(f"workflow {name!r} is not registered ({which})")
         return found
+
+    async def set_active(self, workflow: str, active: bool) -> None:
+        """Deactivate (new starts refused) or reactivate a registered workflow."""
+        if (await self.catalog.head(workflow)).latest is None:
+            raise UnknownWorkflow(f"workflow {workflow!r} is not registered")
+        await self.catalog.set_active(workflow, active)
 
     async def definitions(self) -> list[dict[str, Any]]:
         """Every registered definition: name, versions (oldest first) and latest."""
@@ -89,13 +97,15 @@ class Client:
         self, workflow: str, context: Mapping[str, Any] | None = None, *, version: str | None = None,
         correlation_id: str | None = None, instance_id: str | None = None,
     ) -> str:
-        """Start an instance; returns its id. The version is pinned here (latest unless given)."""
-        definition = await self.definition(workflow, version)
+        """Start an instance; returns its id. The version is pinned here (latest unless given).
+
+        Refused when the workflow is deactivated (running instances are not affected)."""
+        definition = await self.catalog.startable(workflow, version)
         if definition.input_schema:
             problems = violations(definition.input_schema, dict(context or {}))
             if problems:
-                raise InvalidInput(f"input does not match the input schema of {workflow!r} {definition.version}:\n  "
-                                   + "\n  ".join(problems))
+                raise InvalidContext(f"input does not match the input schema of {workflow!r} {definition.version}:\n  "
+                                     + "\n  ".join(problems), problems)
         iid = instance_id or uuid.uuid4().hex
         data: dict[str, Any] = {"workflow": workflow, "version": definition.version, "context": dict(context or {})}
         if correlation_id:
@@ -149,20 +159,28 @@ class Client:
         entry = await self.redis.xadd(self.keys.inbox(self.keys.partition(instance_id)), fields)  # type: ignore[arg-type]
         return text(entry)
 
-    async def publish(self, type_: str, data: Mapping[str, Any], *, correlation_id: str | None = None) -> str:
-        """XADD an external event to the events stream; returns its entry id."""
-        if not type_:
-            raise InvalidInput("an event needs a type")
-        check_length("type", type_, MAX_TYPE_CHARS, InvalidInput)
-        check_length("correlation_id", correlation_id or "", MAX_CORRELATION_ID_CHARS, InvalidInput)
-        body = orjson.dumps(dict(data))
+    async def publish(self, type_: str, data: Mapping[str, Any], *, correlation_id: str | None = None,
+                      event_id: str | None = None, source: str | None = None, timestamp: str | None = None) -> str:
+        """XADD an external event to the events stream; returns its entry id (for an event_id
+        published before, the first entry's, and nothing is added)."""
+        published = await self.publish_event(type_, data, correlation_id=correlation_id, event_id=event_id,
+                                             source=source, timestamp=timestamp)
+        return published.entry_id
+
+    async def publish_event(self, type_: str, data: Mapping[str, Any], *, correlation_id: str | None = None,
+                            event_id: str | None = None, source: str | None = None,
+                            timestamp: str | None = None) -> Published:
+        """Publish in the seed's envelope: an event_id is published at most once (while its record
+        is kept, FOLDFLOW_EVENT_RETENTION_MS); without one the entry id is the event's id."""
+        try:
+            body = orjson.dumps(dict(data))
+        except TypeError as exc:
+            raise InvalidInput(f"event data cannot be sent as JSON: {exc}") from None
         if len(body) > self.settings.max_payload_bytes:
             raise InvalidInput(f"event data is {len(body)} bytes, over the limit of {self.settings.max_payload_bytes}")
-        fields: dict[Any, Any] = {"type": type_, "data": body}
-        if correlation_id:
-            fields["correlation_id"] = correlation_id
-        entry = await self.redis.xadd(self.keys.events, fields)
-        return text(entry)
+        fields = event_fields(type_, body, correlation_id=correlation_id, event_id=event_id, source=source,
+                              timestamp=timestamp)
+        return await self.events.publish(fields, self.settings.event_retention_ms)
 
     # -- reads -------------------------------------------------------------------
     async def state(self, instance_id: str) -> State:

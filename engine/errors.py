@@ -44,6 +44,15 @@ class InvalidInput(EngineError):
     """A caller's argument is malformed (instance id, JSON, payload too large)."""
 
 
+class InvalidContext(InvalidInput):
+    """A start's context breaks its definition's input schema: well-formed, but not what the
+    workflow takes (the HTTP API answers 422). ``problems`` lists each as "path: message"."""
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
 class Refused(EngineError):
     """A well-formed request that the current state does not allow (resume of a completed
     instance, a start of a deactivated workflow); the message says why."""

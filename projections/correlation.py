@@ -9,16 +9,13 @@ canonical JSON, so a redelivered entry adds nothing)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import orjson
 
 from engine.core.codec import MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS
 from engine.core.model import WorkflowCreated
+from engine.store.published import entry_ms, envelope
 
 from .base import Applied, Doc, Ops, Projection, dumps
 from .keys import ViewKeys
-from .lifecycle import iso
 
 
 def fold_correlation(doc: Doc, iid: str, item: Applied) -> Doc:
@@ -50,23 +47,16 @@ class Correlation(Projection):
 
 
 def external_event(entry_id: str, fields: dict[bytes, bytes], source: str) -> tuple[str, int, bytes] | None:
-    """(correlation id, score, member) of an events-stream entry, None when it carries none."""
-    raw = fields.get(b"correlation_id")
-    if not raw:
+    """(correlation id, score, member) of an events-stream entry, None when it carries none.
+    The member is the event in the seed's envelope: its own id, source and timestamp when the
+    publisher gave them (engine/store/published.py says what stands in for each otherwise)."""
+    event = envelope(entry_id, fields, source)
+    cid = event["correlation_id"]
+    if not cid:
         return None
-    data: Any
-    try:
-        data = orjson.loads(fields.get(b"data", b"null"))
-    except orjson.JSONDecodeError:
-        data = fields.get(b"data", b"").decode(errors="replace")
-    cid = raw.decode(errors="replace")
-    etype = fields.get(b"type", b"").decode(errors="replace")
-    if len(cid) > MAX_CORRELATION_ID_CHARS or len(etype) > MAX_TYPE_CHARS:
+    if len(cid) > MAX_CORRELATION_ID_CHARS or len(event["type"]) > MAX_TYPE_CHARS:
         return None  # the router dead-letters it (streams.md, "Security"): no index key is named by it
-    ms = int(entry_id.split("-", 1)[0])
-    event = {"id": entry_id, "type": etype, "source": source,
-             "timestamp": iso(ms), "correlation_id": cid, "data": data}
-    return cid, ms, dumps(event)
+    return cid, entry_ms(entry_id), dumps(event)
 
 
 def external_writes(vk: ViewKeys, entries: Sequence[tuple[str, dict[bytes, bytes]]]) -> Ops:

@@ -13,7 +13,6 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
 from prometheus_client import CollectorRegistry
 
@@ -23,8 +22,14 @@ from engine.api.problems import EXCEPTION_HANDLERS
 from engine.api.routes import ROUTES
 from engine.api.services import Services
 from engine.api.settings import ApiSettings
+from engine.api.surface import Docs, check_media_type, completed_on_startup, websocket_denials
 from engine.config import Settings
-from engine.store.connection import Redis, connect
+from engine.store.connection import Redis, connect_blocking
+
+CONNECT_TIMEOUT_S = 2.0
+READ_TIMEOUT_S = 5.0
+REQUEST_POOL = 256  # connections; starts and controls wait on the blocking pool, not here
+MAX_BLOCK_MS = 10_000  # the longest XREAD BLOCK any route issues (engine/api/live/sources.BLOCK_MS)
 
 
 def _version() -> str:
@@ -46,9 +51,26 @@ def openapi_config() -> OpenAPIConfig:
     return OpenAPIConfig(
         title="foldflow", version=_version(), path="/",
         description="Durable workflows on Redis Streams: definitions, executions, steps, events, live streams.",
-        render_plugins=[SwaggerRenderPlugin(path="/docs")],
+        render_plugins=[Docs(path="/docs")],
         components=Components(security_schemes={"bearer": bearer}), security=security,
     )
+
+
+def connect_pools(settings: Settings, api: ApiSettings) -> tuple[Redis, Redis]:
+    """The request client and the blocking-read client. Both pools wait for a free
+    connection (up to 5 s) rather than fail past their size. A Redis that is down
+    answers 503 fast: a closed port refuses at once, a silent host is given
+    CONNECT_TIMEOUT_S; one that accepts and then stalls is cut off after
+    READ_TIMEOUT_S on requests, and after the longest BLOCK plus a margin on
+    blocking reads. On Redis Cluster a blocked XREAD is per partition, so that
+    pool is sized per partition too."""
+    scheme = settings.redis_url.partition("://")[0]
+    per_sub = settings.partitions if "cluster" in scheme else 1
+    redis = connect_blocking(settings.redis_url, REQUEST_POOL, read_timeout_s=READ_TIMEOUT_S,
+                             socket_connect_timeout=CONNECT_TIMEOUT_S)
+    blocking = connect_blocking(settings.redis_url, api.max_subscriptions * per_sub + REQUEST_POOL,
+                                read_timeout_s=MAX_BLOCK_MS / 1000 + 5, socket_connect_timeout=CONNECT_TIMEOUT_S)
+    return redis, blocking
 
 
 def create_app(settings: Settings, api: ApiSettings, *,
@@ -59,24 +81,34 @@ def create_app(settings: Settings, api: ApiSettings, *,
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        redis = redis_factory() if redis_factory else connect(settings.redis_url)
-        app.state.services = Services.over(redis, settings, api)
+        if redis_factory:
+            redis, blocking = redis_factory(), None
+        else:
+            redis, blocking = connect_pools(settings, api)
+        app.state.services = Services.over(redis, settings, api, blocking=blocking)
         try:
             yield
         finally:
             await redis.aclose()
+            if blocking is not None:
+                await blocking.aclose()
 
     state: dict[str, Any] = {"registry": registry,
                              "verifier": TokenVerifier(api) if api.auth_configured else None}
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTES,
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         guards=[guard],
+        before_request=check_media_type,
+        on_startup=[completed_on_startup],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[metrics.middleware],
         openapi_config=openapi_config(),
         lifespan=[lifespan],
         state=State(state),
         request_max_body_size=settings.max_payload_bytes,
         debug=False,
     )
+    # Outside the router, not as route middleware: requests no route matches (404, 405) are
+    # counted too, under the route label "unmatched".
+    app.asgi_handler = websocket_denials(metrics.middleware(app.asgi_handler))
+    return app

@@ -18,12 +18,16 @@ from typing import Any
 
 import jwt
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
+from litestar.exceptions import WebSocketException
 from litestar.handlers.base import BaseRouteHandler
 
 from engine.api.problems import Problem
 from engine.api.settings import ApiSettings
 
 SCOPES = ("read", "write", "admin")
+JWKS_TIMEOUT_S = 5.0
+ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"})
 _GRANTS = {"read": {"read"}, "write": {"read", "write"}, "admin": {"read", "write", "admin"}}
 
 
@@ -32,7 +36,9 @@ class TokenVerifier:
 
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
-        self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True) if settings.jwks_url else None
+        # A bounded fetch: an identity provider that hangs costs a request JWKS_TIMEOUT_S, then a 503.
+        self._jwks = (jwt.PyJWKClient(settings.jwks_url, cache_keys=True, timeout=JWKS_TIMEOUT_S)
+                      if settings.jwks_url else None)
 
     async def scopes(self, token: str) -> set[str]:
         key: Any = self.settings.jwt_secret
@@ -41,11 +47,16 @@ class TokenVerifier:
             if self._jwks is not None:
                 # PyJWKClient fetches with urllib; keep the event loop free while it does.
                 signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-                key, algorithms = signing.key, [a for a in ("RS256", "ES256", "RS384", "ES384", "RS512", "ES512")
-                                                if a == self.settings.jwt_algorithm] or ["RS256", "ES256"]
+                # The key's own algorithm (its JWK's `alg`, else its type's), never an HMAC one:
+                # a public key must not verify an HS256 token (algorithm confusion).
+                key, algorithms = signing.key, [a for a in (signing.algorithm_name,) if a in ASYMMETRIC]
             claims = jwt.decode(token, key, algorithms=algorithms,
                                 audience=self.settings.jwt_audience or None,
                                 options={"require": ["exp"], "verify_aud": bool(self.settings.jwt_audience)})
+        except jwt.PyJWKClientConnectionError as exc:
+            # The identity provider is away, not the token bad: the client should retry, not re-authenticate.
+            raise Problem(503, f"the JWKS of the identity provider could not be fetched: {exc}",
+                          headers={"Retry-After": "5"}) from None
         except jwt.PyJWKClientError as exc:
             raise Problem(401, f"the token's signing key could not be found: {exc}",
                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
@@ -88,6 +99,16 @@ async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
     scope = required_scope(handler)
     if verifier is None or scope is None:
         return
+    try:
+        await _authorize(connection, verifier, scope)
+    except Problem as problem:
+        if connection.scope["type"] != ScopeType.WEBSOCKET:
+            raise
+        # A WebSocket refusal is a close frame, not a body: 4000 + the HTTP status, as Litestar codes them.
+        raise WebSocketException(detail=problem.detail, code=4000 + problem.status) from None
+
+
+async def _authorize(connection: ASGIConnection[Any, Any, Any, Any], verifier: TokenVerifier, scope: str) -> None:
     token = bearer(connection)
     if token is None:
         raise Problem(401, "this route needs a bearer token (Authorization: Bearer <JWT>)",

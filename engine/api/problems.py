@@ -18,6 +18,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from engine.core.definition import DefinitionError
 from engine.errors import DefinitionConflict, EngineError, InvalidInput, NotFound, Refused, StoreUnavailable
+from engine.store.errors import TRANSIENT
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("foldflow.api")
@@ -56,6 +57,9 @@ class Problem(Exception):
         self.title = title or TITLES.get(status, "Error")
 
 
+UNAVAILABLE_PROBLEM = Problem(503, "Redis did not answer; try again", headers={"Retry-After": "1"})
+
+
 def problem_response(request: Request[Any, Any, Any], problem: Problem) -> Response[ProblemDetail]:
     body = ProblemDetail(status=problem.status, title=problem.title, detail=problem.detail,
                          instance=request.url.path, errors=problem.errors)
@@ -77,7 +81,10 @@ def as_problem(exc: Exception) -> Problem:
         case InvalidInput():
             return Problem(400, str(exc))
         case StoreUnavailable():
-            return Problem(503, "Redis did not answer; try again", headers={"Retry-After": "1"})
+            return UNAVAILABLE_PROBLEM
+        case _ if isinstance(exc, TRANSIENT):
+            # A route that reached Redis without the store's translation: the same outage.
+            return UNAVAILABLE_PROBLEM
         case ValidationException():
             return Problem(400, _validation_detail(exc), errors=_validation_items(exc))
         case HTTPException():
@@ -103,13 +110,18 @@ def _validation_detail(exc: ValidationException) -> str:
 
 
 def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[ProblemDetail]:
-    return problem_response(request, as_problem(exc))
+    problem = as_problem(exc)
+    # Routing's own 404 and 405 carry only their title; say what was not found or not allowed.
+    if problem.status == 404 and problem.detail == TITLES[404]:
+        problem = Problem(404, f"no route {request.url.path}", headers=problem.headers)
+    elif problem.status == 405 and problem.detail == TITLES[405]:
+        problem = Problem(405, f"{request.url.path} does not take {request.method}", headers=problem.headers)
+    return problem_response(request, problem)
 
 
 # Status keys as well as classes: Litestar looks up routing's 404 and 405 by status code.
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     Exception: handle, HTTPException: handle, **{code: handle for code in (400, 401, 403, 404, 405, 413, 415, 500)}}
-
 
 
 def problems(*codes: int, public: bool = False) -> dict[int, ResponseSpec]:

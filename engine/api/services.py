@@ -22,8 +22,11 @@ class Services:
     redis: Redis
     client: Client
     queries: Queries
+    blocking: Redis
+    """For blocking reads only (XREAD BLOCK: live streams, the waits of starts and controls):
+    a pool of its own, so parked reads never take the connections other requests need."""
 
     @classmethod
-    def over(cls, redis: Redis, settings: Settings, api: ApiSettings) -> Services:
-        return cls(settings=settings, api=api, redis=redis,
+    def over(cls, redis: Redis, settings: Settings, api: ApiSettings, *, blocking: Redis | None = None) -> Services:
+        return cls(settings=settings, api=api, redis=redis, blocking=blocking or redis,
                    client=Client(redis, settings), queries=Queries(redis, settings))

@@ -17,6 +17,7 @@ from engine.client import Client
 from engine.config import from_env
 from engine.core.model import STATUS_COMPLETED, STEP_WAITING
 from engine.dev import demo_handlers  # noqa: F401 - registers the simulated services
+from engine.dev.demo_api import serve_demo_api
 from engine.dev.embedded import open_backend
 from engine.errors import UnknownInstance
 from engine.workers.activities import ActivityWorker
@@ -30,7 +31,8 @@ def example_source() -> bytes:
 
 
 async def run_demo(instances: int = 5, url: str | None = None, verbose: bool = True,
-                   timeout: float = 60.0) -> int:
+                   timeout: float = 60.0, api_port: int | None = None, api_stop: asyncio.Event | None = None) -> int:
+    """With api_port, the API is served on the demo's backend once it has run, until Ctrl-C (or api_stop)."""
     say = print if verbose else (lambda *a, **k: None)
     backend = open_backend(url)
     # On a shared Redis the demo keeps to its own prefix, never the default one.
@@ -58,6 +60,9 @@ async def run_demo(instances: int = 5, url: str | None = None, verbose: bool = T
         done = sum(1 for s in ok.values() if s == STATUS_COMPLETED)
         say(f"\n{done}/{instances} instances completed in {elapsed:.2f}s "
             f"({instances / elapsed:.1f} instances/s, including the 1 s retry backoff)")
+        if api_port is not None and await serve_demo_api(backend.client, settings, api_port, stop=api_stop,
+                                                         execution_id=ids[0] if ids else None):
+            return 1
         return 0 if done == instances else 1
     finally:
         for w in workers:

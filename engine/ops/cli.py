@@ -161,8 +161,10 @@ async def cmd_publish(args: argparse.Namespace) -> int:
         raise InvalidInput("--data must be a JSON object")
 
     async def go(client: Any) -> int:
-        entry = await client.publish(args.type, data, correlation_id=args.correlation_id)
-        print(_json({"type": args.type, "entry_id": entry}))
+        published = await client.publish_event(args.type, data, correlation_id=args.correlation_id, event_id=args.id,
+                                               source=args.source, timestamp=args.timestamp)
+        print(_json({"type": args.type, "id": published.id, "entry_id": published.entry_id,
+                     "duplicate": published.duplicate}))
         return 0
 
     return await _with_client(args, go)
@@ -198,7 +200,8 @@ async def cmd_activities(args: argparse.Namespace) -> int:
 async def cmd_demo(args: argparse.Namespace) -> int:
     from engine.dev.demo import run_demo
 
-    return await run_demo(instances=args.instances, url=os.environ.get("REDIS_URL"), verbose=not args.quiet)
+    return await run_demo(instances=args.instances, url=os.environ.get("REDIS_URL"), verbose=not args.quiet,
+                          api_port=args.api_port if args.api else None)
 
 
 # -- parser -----------------------------------------------------------------
@@ -262,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("type")
     x.add_argument("--data", default="{}")
     x.add_argument("--correlation-id")
+    x.add_argument("--id", help="the event's own id: published at most once (default: its entry id)")
+    x.add_argument("--source", help="who publishes it (the envelope's source)")
+    x.add_argument("--timestamp", help="when it happened, ISO-8601 (default: when it is added)")
     x.set_defaults(fn=cmd_publish)
 
     x = sub.add_parser("worker", parents=[setting_flags(*VERB_SETTINGS["worker"], log_level=True)],
@@ -279,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the agent-task-execution demo (embedded Redis when REDIS_URL is unset)")
     x.add_argument("--instances", type=int, default=5)
     x.add_argument("--quiet", action="store_true")
+    x.add_argument("--api", action="store_true",
+                   help="then serve the HTTP API on the demo's Redis (loopback, no auth) until Ctrl-C")
+    x.add_argument("--api-port", type=int, default=8080, help="port of --api (default 8080)")
     x.set_defaults(fn=cmd_demo)
     from engine.ops.verbs import add_commands as add_ops_commands
     add_ops_commands(sub)

@@ -96,6 +96,27 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
         raise ConfigError(f"the Redis URL has an option {kind} client does not take: {option!r}") from None
 
 
+def connect_blocking(url: str, max_connections: int, *, read_timeout_s: float, **kwargs: Any) -> aioredis.Redis:
+    """A client whose pool waits for a free connection rather than failing past its size:
+    the API's request client, and its client for blocking reads (XREAD BLOCK).
+
+    Each blocked read holds its connection until it returns, so they get a pool of
+    their own, sized to how many may block at once, and never take the connections
+    other commands need. Over the size a command waits for a connection (up to 5 s,
+    then ConnectionError, i.e. transient) instead of opening one more. The read
+    timeout must outlast the longest BLOCK, so read_timeout_s wins over a
+    `socket_timeout` in the URL (and over redis-py's default of 5 s). On Redis
+    Cluster the size is per node.
+    """
+    scheme = url.partition("://")[0]
+    if scheme in CLUSTER_SCHEMES:
+        return connect(url, max_connections=max_connections, socket_timeout=read_timeout_s, **kwargs)
+    kwargs.setdefault("timeout", 5)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, **kwargs)
+    pool.connection_kwargs["socket_timeout"] = read_timeout_s
+    return aioredis.Redis(connection_pool=pool)
+
+
 def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -161,6 +162,14 @@ class Store(ScriptRunner):
         key = self.keys.instance(instance_id)
         entries: Any = await self.redis.xrange(key, min=f"({after}" if after else "-", max="+")
         return [decode_stored(instance_id, eid, fields) for eid, fields in entries]
+
+    async def read_page(self, instance_id: str, after: str | None, count: int) -> list[tuple[str, int, Event, int]]:
+        """Up to count events after an entry id, each with its version, so a page of a long
+        history is numbered without reading the history from its start."""
+        key = self.keys.instance(instance_id)
+        entries: Any = await self.redis.xrange(key, min=f"({after}" if after else "-", max="+", count=count)
+        return [(eid, _version_of(fields), event, ts) for (_, fields), (eid, event, ts)
+                in zip(entries, (decode_stored(instance_id, e, f) for e, f in entries))]
 
     async def load_many(
         self, wanted: Sequence[tuple[str, State, str | None]], *, snapshots: bool = True
@@ -317,9 +326,12 @@ class Store(ScriptRunner):
         return [(int(r[0]), int(r[1])) for r in await self.run_many("fire_timers", calls)]
 
     # -- definitions -------------------------------------------------------
-    async def register_definition(self, name: str, version: str, body: bytes, sort_key: str) -> bool:
+    async def register_definition(self, name: str, version: str, body: bytes, sort_key: str,
+                                  now_ms: int | None = None) -> bool:
         """Store (name, version) immutably; True when new, False when already the same."""
-        result = int(await self.run("register_definition", [self.keys.definition(name)], [version, body, sort_key]))
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        result = int(await self.run("register_definition", [self.keys.definition(name)],
+                                    [version, body, sort_key, now]))
         if result < 0:
             raise DefinitionConflict(
                 f"definition {name!r} version {version!r} is already registered with a different body; "

@@ -40,6 +40,10 @@ class Keys:
     def events(self) -> str:
         return f"{self.prefix}:events"
 
+    def published(self, event_id: str) -> str:
+        """The entry id an event's own id was published as (dedupe and lookup), in the slot of `events`."""
+        return "{%s}:eid:%s" % (self.events, event_id)
+
     @property
     def events_dlq(self) -> str:
         """Dead letters of the router: external events it could not route."""
@@ -63,6 +67,11 @@ class Keys:
     @property
     def definitions_index(self) -> str:
         return f"{self.prefix}:defs"
+
+    @property
+    def definition_ids(self) -> str:
+        """Hash: the UUID of every workflow and of every step of it -> the workflow's name."""
+        return f"{self.prefix}:defids"
 
     # -- per partition -----------------------------------------------------
     def partition(self, instance_id: str) -> int:

@@ -21,7 +21,8 @@ from engine.store.connection import evalsha_many
 from engine.store.errors import TRANSIENT
 
 SCRIPTS = Path(__file__).parent / "scripts"
-NAMES = ("append", "dead_letter", "complete_task", "fire_timers", "register_definition", "lease", "breaker")
+NAMES = ("append", "dead_letter", "complete_task", "fire_timers", "register_definition", "lease", "breaker",
+         "publish_event")
 log = logging.getLogger("foldflow.store")
 
 

@@ -28,8 +28,12 @@ API_KNOBS: dict[str, str] = {**WORKER_KNOBS, "FOLDFLOW_HEARTBEAT_MS": "300", "FO
 class ApiStack:
     def __init__(self, redis_url: str, logs: Path, *, apis: int = 1, prefix: str | None = None,
                  workers: bool = True, activities: str | None = "engine.dev.demo_handlers",
-                 env: Mapping[str, str] | None = None, partitions: int = 4) -> None:
+                 env: Mapping[str, str] | None = None, partitions: int = 4,
+                 ready: str = "/health/readiness", api_args: tuple[str, ...] = ()) -> None:
+        """``ready``: the path that must answer 200 before the stack counts as started
+        (``/health/liveness`` for an API pointed at a Redis that is down)."""
         self.redis_url, self.logs, self.apis = redis_url, logs, apis
+        self.ready, self.api_args = ready, api_args
         self.prefix = prefix or f"t{uuid.uuid4().hex[:8]}"
         self.workers, self.activities, self.partitions = workers, activities, partitions
         self.extra = dict(env or {})
@@ -57,7 +61,8 @@ class ApiStack:
             self.procs["activities"] = spawn(["activities", "--module", self.activities], self.env(),
                                              self.logs / "activities.log")
         for i, port in enumerate(self.ports):
-            self.procs[f"api{i}"] = spawn(["api", "--port", str(port)], self.env(), self.logs / f"api{i}.log")
+            self.procs[f"api{i}"] = spawn(["api", "--port", str(port), *self.api_args], self.env(),
+                                          self.logs / f"api{i}.log")
         for i, url in enumerate(self.urls):
             self._wait_ready(f"api{i}", url)
         return self
@@ -68,7 +73,7 @@ class ApiStack:
             if self.procs[name].poll() is not None:
                 raise RuntimeError(f"{name} exited {self.procs[name].returncode}:\n{self.log(name)}")
             try:
-                if httpx.get(url + "/health/readiness", timeout=2).status_code == 200:
+                if httpx.get(url + self.ready, timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
