@@ -20,6 +20,7 @@ import msgspec
 import uvicorn
 import uvloop
 from litestar import Litestar, post
+from litestar.params import JSONBody
 
 from engine.store.connection import Redis, connect
 from engine.store.keys import Keys
@@ -52,7 +53,7 @@ def ceiling_app(redis_url: str, prefix: str, partitions: int = 8) -> Litestar:
             await clients["redis"].aclose()
 
     @post("/executions", status_code=200, sync_to_thread=False)
-    async def start(data: StartBody) -> Started:
+    async def start(data: JSONBody[StartBody]) -> Started:
         iid = uuid.uuid4().hex
         fields = {"type": "start", "id": iid, "data": msgspec.json.encode({"workflow": data.workflow_id,
                                                                             "context": data.context})}

@@ -177,6 +177,13 @@ class Queries:
         return [orjson.loads(raw) for raw in await pipe.execute() if raw is not None]
 
     # -- correlation -----------------------------------------------------------------
+    async def correlated(self, correlation_id: str) -> list[dict[str, Any]]:
+        """The executions records under a correlation id (its index in every partition), unordered."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.keys.partitions):
+            pipe.zrange(self.vk.correlation(p, correlation_id), 0, -1)
+        return await self._records([text(m) for members in await pipe.execute() for m in members])
+
     async def correlation(self, correlation_id: str) -> dict[str, Any]:
         """The executions under a correlation id, the external events that carried it,
         and one timeline of their lifecycle events and those external events."""

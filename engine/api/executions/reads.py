@@ -9,8 +9,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
-
 from engine.api.services import Services
 from engine.core.evolve import fold_stored
 from engine.core.ids import INSTANCE_ID_RE
@@ -101,18 +99,6 @@ class Reads:
     async def page(self, execution_id: str, after: str | None, count: int) -> list[tuple[str, int, Event, int]]:
         return await self.store.read_page(check_id(execution_id), after, count)
 
-    async def correlated(self, correlation_id: str) -> list[dict[str, Any]]:
-        """The executions records under a correlation id (its index in every partition)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for p in range(self.keys.partitions):
-            pipe.zrange(self.vk.correlation(p, correlation_id), 0, -1)
-        iids = [text(m) for members in await pipe.execute() for m in members]
-        if not iids:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for iid in iids:
-            pipe.hget(self.vk.view(self.keys.partition(iid), iid), "executions")
-        return [orjson.loads(raw) for raw in await pipe.execute() if raw is not None]
 
 
 def step_names(definition: Any, fallback: Sequence[str] = ()) -> list[str]:

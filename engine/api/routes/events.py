@@ -18,7 +18,8 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 from litestar import get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from engine.api.models.events import CorrelationEvents, Event, EventAccepted, EventIn, EventPage, lifecycle_envelope
 from engine.api.problems import Problem, problems
@@ -37,7 +38,7 @@ TAGS = ["events"]
 
 @post("/events", status_code=202, responses=problems(400, 413), tags=TAGS,
       summary="Publish an external event (a repeated id is not published twice)")
-async def publish_event(data: EventIn, services: Services) -> EventAccepted:
+async def publish_event(data: JSONBody[EventIn], services: NamedDependency[Services]) -> EventAccepted:
     """`202` with the event's id and its stream entry; `duplicate: true` when this id was
     published before (within FOLDFLOW_EVENT_RETENTION_MS): then nothing is added."""
     limit = services.settings.max_payload_bytes
@@ -110,16 +111,16 @@ async def scan(services: Services, hi: str, lo: str, limit: int,
 
 @get("/events", responses=problems(400), tags=TAGS, summary="External events, newest first (cursor pages)")
 async def list_events(
-    services: Services,
-    event_type: Annotated[str | None, Parameter(query="type", max_length=200, description="exact type")] = None,
-    source: Annotated[str | None, Parameter(max_length=200, description="exact source")] = None,
-    correlation_id: Annotated[str | None, Parameter(max_length=MAX_CORRELATION_ID_CHARS)] = None,
-    since: Annotated[str | None, Parameter(max_length=64, description="added at or after: ms, ISO-8601 or an age "
-                                                                      "(15m)")] = None,
-    until: Annotated[str | None, Parameter(max_length=64, description="added at or before: ms, ISO-8601 or an "
-                                                                      "age")] = None,
-    limit: Annotated[int, Parameter(ge=1, le=MAX_LIMIT)] = 50,
-    cursor: Annotated[str | None, Parameter(pattern=CURSOR_PATTERN, description="next_cursor of the page before")] = None,
+    services: NamedDependency[Services],
+    event_type: Annotated[str | None, QueryParameter(name="type", max_length=200, description="exact type")] = None,
+    source: Annotated[str | None, QueryParameter(max_length=200, description="exact source")] = None,
+    correlation_id: Annotated[str | None, QueryParameter(max_length=MAX_CORRELATION_ID_CHARS)] = None,
+    since: Annotated[str | None, QueryParameter(max_length=64, description="added at or after: ms, ISO-8601 or an "
+                                                                           "age (15m)")] = None,
+    until: Annotated[str | None, QueryParameter(max_length=64, description="added at or before: ms, ISO-8601 or an "
+                                                                           "age")] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 50,
+    cursor: Annotated[str | None, QueryParameter(pattern=CURSOR_PATTERN, description="next_cursor of the page before")] = None,
 ) -> EventPage:
     window = bounds(since, until, cursor)
     if window is None:
@@ -132,9 +133,9 @@ async def list_events(
 @get("/events/{event_id:str}", responses=problems(400, 404), tags=TAGS,
      summary="One external event, by the id it was published with (or its entry id)")
 async def get_event(
-    services: Services,
-    event_id: Annotated[str, Parameter(pattern=EVENT_ID_PATTERN, description="the envelope's id, or the stream "
-                                                                           "entry id of an event published without one")],
+    services: NamedDependency[Services],
+    event_id: Annotated[str, PathParameter(pattern=EVENT_ID_PATTERN, description="the envelope's id, or the stream "
+                                                                               "entry id of an event published without one")],
 ) -> Event:
     """By the envelope's id while its record is kept (FOLDFLOW_EVENT_RETENTION_MS), else by its
     stream entry id. The stream is trimmed on the same horizon; an event whose record outlived
@@ -168,8 +169,8 @@ def _time_of(event: dict[str, Any]) -> int:
 @get("/correlations/{correlation_id:str}/events", responses=problems(400, 404), tags=TAGS,
      summary="Every lifecycle and external event of a correlation id, in order")
 async def correlation_events(
-    services: Services,
-    correlation_id: Annotated[str, Parameter(min_length=1, max_length=MAX_CORRELATION_ID_CHARS)],
+    services: NamedDependency[Services],
+    correlation_id: Annotated[str, PathParameter(min_length=1, max_length=MAX_CORRELATION_ID_CHARS)],
 ) -> CorrelationEvents:
     """From the read models (the projector's correlation and lifecycle projections), so an
     event shows here once projected. External events are placed by when they were added."""

@@ -17,8 +17,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Response, get, post, put
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromQuery, HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from engine.api.executions.links import StartOperation
 from engine.api.executions.reads import Folded, Reads, step_names
@@ -81,15 +82,15 @@ ACCEPTS = {
 Command = Literal["cancel", "pause", "resume", "retry"]
 Status = Literal["created", "running", "paused", "failed", "completed", "cancelled", "compensating", "compensated"]
 
-ExecutionIdParam = Annotated[str, Parameter(pattern=EXECUTION_ID_PATTERN, max_length=200,
-                                            description="the execution's id")]
-StepIdParam = Annotated[str, Parameter(min_length=1, max_length=200, description="the step's id (UUID) or name")]
-WaitMs = Annotated[int | None, Parameter(ge=0, le=60_000, description="how long to wait for the engine to apply "
-                                         "it (ms); default FOLDFLOW_API_START_WAIT_MS")]
-IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", min_length=1, max_length=255,
-                                                 description="the same key returns the same execution")]
-EntryId = Annotated[str | None, Parameter(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$",
-                                          description="an entry_id of the previous page")]
+ExecutionIdParam = Annotated[str, PathParameter(pattern=EXECUTION_ID_PATTERN, max_length=200,
+                                                description="the execution's id")]
+StepIdParam = Annotated[str, PathParameter(min_length=1, max_length=200, description="the step's id (UUID) or name")]
+WaitMs = Annotated[int | None, QueryParameter(ge=0, le=60_000, description="how long to wait for the engine to apply "
+                                              "it (ms); default FOLDFLOW_API_START_WAIT_MS")]
+IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=255,
+                                                       description="the same key returns the same execution")]
+EntryId = Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$",
+                                               description="an entry_id of the previous page")]
 
 
 def _wait(services: Services, wait_ms: int | None) -> int:
@@ -143,8 +144,8 @@ async def _replay(services: Services, iid: str, folded: Folded, name: str, body:
       responses={202: ResponseSpec(ExecutionStarted, description="Sent, not applied within wait_ms: poll "
                                    "GET /executions/{execution_id}", generate_examples=False),
                  **problems(400, 404, 409, 413, 415, 422)})
-async def start_execution(services: Services, data: StartExecution, idempotency_key: IdempotencyKey = None,
-                          wait_ms: WaitMs = None) -> Response[ExecutionStarted]:
+async def start_execution(services: NamedDependency[Services], data: JSONBody[StartExecution],
+                          idempotency_key: IdempotencyKey = None, wait_ms: WaitMs = None) -> Response[ExecutionStarted]:
     name = await resolve_workflow(services, data.workflow_id)
     reads = Reads(services)
     iid = data.execution_id or (idempotent_id(services.settings.prefix, idempotency_key) if idempotency_key else None)
@@ -177,20 +178,20 @@ def _has(kind: type) -> Any:
 @get("/executions", operation_id="listExecutions", tags=TAGS, summary="Executions, newest first (cursor pages)",
      responses=problems(400, 404))
 async def list_executions(
-    services: Services, status: Status | None = None,
-    workflow: Annotated[str | None, Parameter(min_length=1, max_length=200,
+    services: NamedDependency[Services], status: FromQuery[Status | None] = None,
+    workflow: Annotated[str | None, QueryParameter(min_length=1, max_length=200,
                                               description="a workflow's id or name")] = None,
-    correlation_id: Annotated[CorrelationId | None, Parameter(min_length=1, max_length=200)] = None,
-    since: Annotated[str | None, Parameter(description="ms, ISO-8601 or an age (15m, 2d)", max_length=64)] = None,
-    until: Annotated[str | None, Parameter(description="ms, ISO-8601 or an age", max_length=64)] = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Parameter(max_length=1000, description="next_cursor of the previous page")] = None,
+    correlation_id: Annotated[CorrelationId | None, QueryParameter(min_length=1, max_length=200)] = None,
+    since: Annotated[str | None, QueryParameter(description="ms, ISO-8601 or an age (15m, 2d)", max_length=64)] = None,
+    until: Annotated[str | None, QueryParameter(description="ms, ISO-8601 or an age", max_length=64)] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, QueryParameter(max_length=1000, description="next_cursor of the previous page")] = None,
 ) -> ExecutionPage:
     name = await resolve_workflow(services, workflow) if workflow else None
     lo = parse_time(since) if since else None
     hi = parse_time(until) if until else None
     if correlation_id:
-        records = await Reads(services).correlated(correlation_id)
+        records = await services.queries.correlated(correlation_id)
         page = correlated_page(records, status=status, workflow=name, since=lo, until=hi, limit=limit, cursor=cursor)
     else:
         page = await services.queries.executions(status=status, workflow=name, since=lo, until=hi, limit=limit,
@@ -203,7 +204,7 @@ async def list_executions(
 @get("/executions/{execution_id:str}", operation_id="getExecution", tags=TAGS,
      summary="One execution, folded from its stream now (its read model once the stream is retired)",
      responses=problems(400, 404))
-async def get_execution(services: Services, execution_id: ExecutionIdParam) -> Execution:
+async def get_execution(services: NamedDependency[Services], execution_id: ExecutionIdParam) -> Execution:
     folded = await Reads(services).current(execution_id)
     state = folded.state
     if state.status != STATUS_NONE:
@@ -223,7 +224,7 @@ async def _attempts(services: Services, execution_id: str) -> list[dict[str, Any
 
 @get("/executions/{execution_id:str}/state", operation_id="getExecutionState", tags=TAGS,
      summary="The execution's state as the engine folds it", responses=problems(400, 404))
-async def get_state(services: Services, execution_id: ExecutionIdParam) -> StateView:
+async def get_state(services: NamedDependency[Services], execution_id: ExecutionIdParam) -> StateView:
     folded = await Reads(services).current(execution_id)
     if folded.state.status == STATUS_NONE:
         raise UnknownInstance(f"no instance stream for execution {execution_id!r} (unknown, or retired: "
@@ -234,8 +235,8 @@ async def get_state(services: Services, execution_id: ExecutionIdParam) -> State
 
 @get("/executions/{execution_id:str}/history", operation_id="getExecutionHistory", tags=TAGS,
      summary="The execution's events in order, paged by entry id", responses=problems(400, 404))
-async def get_history(services: Services, execution_id: ExecutionIdParam, after: EntryId = None,
-                      limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> HistoryPage:
+async def get_history(services: NamedDependency[Services], execution_id: ExecutionIdParam, after: EntryId = None,
+                      limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100) -> HistoryPage:
     page = await Reads(services).page(execution_id, after, limit)
     if not page and after is None:
         raise UnknownInstance(f"no history for execution {execution_id!r} (unknown, or its stream retired)")
@@ -287,21 +288,21 @@ _CONTROL = {202: ResponseSpec(ControlResult, description="Sent, not applied with
 
 @put("/executions/{execution_id:str}/cancel", operation_id="cancelExecution", tags=TAGS, responses=_CONTROL,
      summary="Cancel (409 when it is completed, cancelled or compensated)")
-async def cancel_execution(services: Services, execution_id: ExecutionIdParam, data: ControlRequest | None = None,
-                           wait_ms: WaitMs = None) -> Response[ControlResult]:
+async def cancel_execution(services: NamedDependency[Services], execution_id: ExecutionIdParam,
+                           data: JSONBody[ControlRequest | None] = None, wait_ms: WaitMs = None) -> Response[ControlResult]:
     return await _control(services, execution_id, "cancel", wait_ms, reason=data.reason if data else None)
 
 
 @put("/executions/{execution_id:str}/pause", operation_id="pauseExecution", tags=TAGS, responses=_CONTROL,
      summary="Pause a running execution (409 otherwise)")
-async def pause_execution(services: Services, execution_id: ExecutionIdParam, data: ControlRequest | None = None,
-                          wait_ms: WaitMs = None) -> Response[ControlResult]:
+async def pause_execution(services: NamedDependency[Services], execution_id: ExecutionIdParam,
+                          data: JSONBody[ControlRequest | None] = None, wait_ms: WaitMs = None) -> Response[ControlResult]:
     return await _control(services, execution_id, "pause", wait_ms, reason=data.reason if data else None)
 
 
 @put("/executions/{execution_id:str}/resume", operation_id="resumeExecution", tags=TAGS, responses=_CONTROL,
      summary="Resume a paused execution (409 otherwise)")
-async def resume_execution(services: Services, execution_id: ExecutionIdParam,
+async def resume_execution(services: NamedDependency[Services], execution_id: ExecutionIdParam,
                            wait_ms: WaitMs = None) -> Response[ControlResult]:
     return await _control(services, execution_id, "resume", wait_ms)
 
@@ -327,7 +328,7 @@ def _resolve_step(services: Services, workflow: str | None, names: list[str], st
 
 @get("/executions/{execution_id:str}/steps", operation_id="getExecutionSteps", tags=TAGS,
      summary="Each step with its attempts: inputs, outputs, errors, times", responses=problems(400, 404))
-async def get_steps(services: Services, execution_id: ExecutionIdParam) -> StepsView:
+async def get_steps(services: NamedDependency[Services], execution_id: ExecutionIdParam) -> StepsView:
     folded = await Reads(services).current(execution_id)
     workflow, names = await _workflow_of(services, folded, execution_id)
     attempts = await _attempts(services, execution_id)
@@ -337,7 +338,8 @@ async def get_steps(services: Services, execution_id: ExecutionIdParam) -> Steps
 
 @get("/executions/{execution_id:str}/steps/{step_id:str}/retries", operation_id="getStepRetries", tags=TAGS,
      summary="A step's attempts and the retries that ran it again", responses=problems(400, 404))
-async def get_retries(services: Services, execution_id: ExecutionIdParam, step_id: StepIdParam) -> RetriesView:
+async def get_retries(services: NamedDependency[Services], execution_id: ExecutionIdParam,
+                      step_id: StepIdParam) -> RetriesView:
     folded = await Reads(services).fold(execution_id)
     workflow, names = await _workflow_of(services, folded, execution_id)
     attempts = await _attempts(services, execution_id)
@@ -351,8 +353,8 @@ async def get_retries(services: Services, execution_id: ExecutionIdParam, step_i
 @post("/executions/{execution_id:str}/steps/{step_id:str}/retry", status_code=200, operation_id="retryFromStep",
       tags=TAGS, responses=_CONTROL,
       summary="Run a failed execution again from this step, optionally with edited input (audited)")
-async def retry_step(services: Services, execution_id: ExecutionIdParam, step_id: StepIdParam,
-                     data: RetryRequest | None = None, wait_ms: WaitMs = None) -> Response[ControlResult]:
+async def retry_step(services: NamedDependency[Services], execution_id: ExecutionIdParam, step_id: StepIdParam,
+                     data: JSONBody[RetryRequest | None] = None, wait_ms: WaitMs = None) -> Response[ControlResult]:
     folded = await Reads(services).current(execution_id)
     workflow, names = await _workflow_of(services, folded, execution_id)
     name = _resolve_step(services, workflow, names, step_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -38,19 +39,19 @@ def _answer(result: tuple[bool, dict[str, Any]]) -> Response[dict[str, Any]]:
 
 
 @get("/health/liveness", opt=PUBLIC, security=OPEN, tags=["health"], responses=FAILING, summary="The process answers")
-async def liveness(services: Services) -> Response[dict[str, Any]]:
+async def liveness(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
     return _answer(_probe(services).liveness())
 
 
 @get("/health/readiness", opt=PUBLIC, security=OPEN, tags=["health"], responses=FAILING,
      summary="Redis answers: this process can serve")
-async def readiness(services: Services) -> Response[dict[str, Any]]:
+async def readiness(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
     return _answer(await _probe(services).readiness())
 
 
 @get("/health/dependencies", opt=PUBLIC, security=OPEN, tags=["health"], responses=FAILING,
      summary="Redis: reachability, latency, version, settings")
-async def dependencies(services: Services) -> Response[dict[str, Any]]:
+async def dependencies(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
     return _answer(await _probe(services).dependencies())
 
 

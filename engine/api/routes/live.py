@@ -20,8 +20,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from litestar import Litestar, Request, WebSocket, get, websocket
+from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
-from litestar.params import HeaderParameter, QueryParameter
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from engine.api.live.cursor import decode_positions, entry_id, resume_from
@@ -80,7 +81,7 @@ def _execution_source(services: Services, hub: Hub, execution_id: str, resume: s
      summary="Server-Sent Events: the execution's events, from the first (or after a resume id) to the final one",
      responses=problems(400, 404))
 async def execution_stream(
-    request: Request[Any, Any, Any], services: Services, execution_id: str,
+    request: Request[Any, Any, Any], services: NamedDependency[Services], execution_id: FromPath[str],
     after: Annotated[str | None, QueryParameter(name="after", description=RESUME, max_length=64)] = None,
     last_event_id: Annotated[str | None, LAST_EVENT_ID] = None,
     follow: Annotated[bool, QueryParameter(name="follow", description="false: send the events so far, then close")]
@@ -111,7 +112,7 @@ def _types(raw: str | None) -> frozenset[str]:
      summary="Server-Sent Events: the lifecycle events of every execution that matches, live",
      responses=problems(400))
 async def events_stream(
-    request: Request[Any, Any, Any], services: Services,
+    request: Request[Any, Any, Any], services: NamedDependency[Services],
     correlation_id: Annotated[str | None, QueryParameter(name="correlation_id", max_length=200)] = None,
     workflow: Annotated[str | None, QueryParameter(name="workflow", max_length=200,
                                                    description="a workflow's name or id")] = None,
@@ -172,7 +173,8 @@ async def _open_socket(socket: WebSocket[Any, Any, Any], services: Services,
 
 
 @websocket("/ws/workflow/{execution_id:str}", tags=["live"])
-async def workflow_socket(socket: WebSocket[Any, Any, Any], services: Services, execution_id: str) -> None:
+async def workflow_socket(socket: WebSocket[Any, Any, Any], services: NamedDependency[Services],
+                          execution_id: FromPath[str]) -> None:
     """The execution's stream as JSON text frames `{"id", "event", "data"}`; `?after=` resumes. Closes with
     1000 once the execution is final, 1008 when the client is too slow, 1011 when Redis is away,
     1013 over the cap, 4404 for an unknown execution, 4400 for a bad id."""

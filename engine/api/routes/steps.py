@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import PathParameter, QueryParameter
 
 from engine.api.definitions import decode_cursor, encode_cursor
 from engine.api.models.workflows import StepDefinition, StepPage
@@ -28,11 +29,11 @@ def _key(step: StepDefinition, position: int) -> str:
 @get("/steps", tags=TAGS, operation_id="listSteps",
      summary="Every step of the latest version of every workflow", responses=problems(400, 404))
 async def list_steps(
-    services: Services,
-    workflow: Annotated[str | None, Parameter(description="only this workflow's steps (its id or name)")] = None,
-    type: Annotated[str | None, Parameter(description="only steps of this type, e.g. service_call")] = None,
-    cursor: Annotated[str | None, Parameter(description="next_cursor of a page")] = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    services: NamedDependency[Services],
+    workflow: Annotated[str | None, QueryParameter(description="only this workflow's steps (its id or name)")] = None,
+    type: Annotated[str | None, QueryParameter(description="only steps of this type, e.g. service_call")] = None,
+    cursor: Annotated[str | None, QueryParameter(description="next_cursor of a page")] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> StepPage:
     after = decode_cursor(cursor)
     if workflow is not None:
@@ -53,8 +54,9 @@ async def list_steps(
 @get("/steps/{step_id:str}", tags=TAGS, operation_id="getStep",
      summary="One step by its id or its name", responses=problems(404, 409))
 async def get_step(
-    services: Services, step_id: Annotated[str, Parameter(description="the step's id (a UUID) or its name")],
-    workflow: Annotated[str | None, Parameter(description="the workflow (id or name) a shared step name is in")] = None,
+    services: NamedDependency[Services],
+    step_id: Annotated[str, PathParameter(description="the step's id (a UUID) or its name")],
+    workflow: Annotated[str | None, QueryParameter(description="the workflow (id or name) a shared step name is in")] = None,
 ) -> StepDefinition:
     return await find_step(services, step_id, workflow)
 
@@ -63,7 +65,7 @@ async def get_step(
      summary="The steps of a workflow, in definition order",
      responses=problems(404))
 async def steps_of_workflow(
-    services: Services, workflow_id: WorkflowId, version: VersionQuery = None,
+    services: NamedDependency[Services], workflow_id: WorkflowId, version: VersionQuery = None,
 ) -> list[StepDefinition]:
     return await workflow_steps(services, await resolve_workflow(services, workflow_id), version)
 

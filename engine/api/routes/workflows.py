@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, Response, delete, get, post, put
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from engine.api.definitions import (
     YAML_TYPES,
@@ -45,8 +46,8 @@ from engine.errors import NotFound
 # The app refuses a body that is not JSON (415) unless the route lists more types here.
 ADMIN = {"scope": "admin", "accepts": tuple(sorted(YAML_TYPES))}
 TAGS = ["workflows"]
-WorkflowId = Annotated[str, Parameter(description="the workflow's id (a UUID) or its name")]
-VersionQuery = Annotated[str | None, Parameter(description="a version of the workflow (default: the latest)")]
+WorkflowId = Annotated[str, PathParameter(description="the workflow's id (a UUID) or its name")]
+VersionQuery = Annotated[str | None, QueryParameter(description="a version of the workflow (default: the latest)")]
 Req = Request[Any, Any, Any]
 # Seed 000's registration body, shown in the docs and tried first by fuzzers.
 SEED_EXAMPLE = {"name": "Agent Task Execution", "description": "Workflow for agent task execution process",
@@ -70,7 +71,7 @@ async def _document(request: Req, *, optional: bool = False) -> dict[str, Any] |
       summary="Register a workflow definition (JSON or YAML)",
       responses={**_also(200, "this (name, version) was already registered with this body"),
                  **problems(400, 409, 413, 415, 422)})
-async def create_workflow(request: Req, services: Services) -> Response[Workflow]:
+async def create_workflow(request: Req, services: NamedDependency[Services]) -> Response[Workflow]:
     doc = await _document(request)
     assert doc is not None
     definition, created = await services.client.register(doc)
@@ -81,9 +82,11 @@ async def create_workflow(request: Req, services: Services) -> Response[Workflow
 @get("/workflows", tags=TAGS, operation_id="listWorkflows",
      summary="Workflows by name, a page at a time", responses=problems(400))
 async def list_workflows(
-    services: Services, name: Annotated[str | None, Parameter(description="names containing this (any case)")] = None,
-    active: bool | None = None, cursor: Annotated[str | None, Parameter(description="next_cursor of a page")] = None,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    services: NamedDependency[Services],
+    name: Annotated[str | None, QueryParameter(description="names containing this (any case)")] = None,
+    active: FromQuery[bool | None] = None,
+    cursor: Annotated[str | None, QueryParameter(description="next_cursor of a page")] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
 ) -> WorkflowPage:
     after = decode_cursor(cursor)
     needle = name.casefold() if name else None
@@ -103,7 +106,7 @@ async def list_workflows(
 @get("/workflows/{workflow_id:str}", tags=TAGS, operation_id="getWorkflow",
      summary="One workflow (the latest version unless ?version=)",
      responses=problems(404))
-async def get_workflow(services: Services, workflow_id: WorkflowId,
+async def get_workflow(services: NamedDependency[Services], workflow_id: WorkflowId,
                        version: VersionQuery = None) -> Workflow:
     return await workflow_view(services, await resolve_workflow(services, workflow_id), version)
 
@@ -132,7 +135,7 @@ def _has_definition(doc: dict[str, Any]) -> bool:
      operation_class=document_body(WorkflowUpdate),
      summary="Change a workflow: a changed definition becomes a new version; `active` (de)activates it",
      responses=problems(400, 404, 409, 413, 415, 422))
-async def update_workflow(request: Req, services: Services, workflow_id: WorkflowId) -> Workflow:
+async def update_workflow(request: Req, services: NamedDependency[Services], workflow_id: WorkflowId) -> Workflow:
     name = await resolve_workflow(services, workflow_id)
     doc = await _document(request)
     assert doc is not None
@@ -154,7 +157,7 @@ async def update_workflow(request: Req, services: Services, workflow_id: Workflo
 @delete("/workflows/{workflow_id:str}", opt=ADMIN, tags=TAGS, status_code=200, operation_id="deactivateWorkflow",
         summary="Deactivate: new starts are refused (409), running executions finish, history stays",
         responses=problems(404))
-async def deactivate_workflow(services: Services, workflow_id: WorkflowId) -> Workflow:
+async def deactivate_workflow(services: NamedDependency[Services], workflow_id: WorkflowId) -> Workflow:
     name = await resolve_workflow(services, workflow_id)
     await services.client.set_active(name, False)
     return await workflow_view(services, name)
@@ -165,7 +168,7 @@ async def deactivate_workflow(services: Services, workflow_id: WorkflowId) -> Wo
       summary="Register a new version of this workflow",
       responses={**_also(200, "nothing new: the same body is already stored (under this or the latest version)"),
                  **problems(400, 404, 409, 413, 415, 422)})
-async def create_version(request: Req, services: Services, workflow_id: WorkflowId) -> Response[Workflow]:
+async def create_version(request: Req, services: NamedDependency[Services], workflow_id: WorkflowId) -> Response[Workflow]:
     name = await resolve_workflow(services, workflow_id)
     doc = await _document(request)
     assert doc is not None
@@ -176,7 +179,7 @@ async def create_version(request: Req, services: Services, workflow_id: Workflow
 @get("/workflows/{workflow_id:str}/versions", tags=TAGS, operation_id="listWorkflowVersions",
      summary="Every version of a workflow, oldest first",
      responses=problems(404))
-async def list_versions(services: Services, workflow_id: WorkflowId) -> WorkflowVersions:
+async def list_versions(services: NamedDependency[Services], workflow_id: WorkflowId) -> WorkflowVersions:
     return await versions_view(services, await resolve_workflow(services, workflow_id))
 
 
@@ -220,7 +223,7 @@ async def _conflict(services: Services, name: str, version: str, doc: dict[str, 
       operation_class=document_body(WorkflowVersionCreate, required=False),
       summary="Check a candidate version of this workflow (or, with no body, the stored one); store nothing",
       responses=problems(400, 404, 413, 415))
-async def validate_version(request: Req, services: Services, workflow_id: WorkflowId,
+async def validate_version(request: Req, services: NamedDependency[Services], workflow_id: WorkflowId,
                            version: VersionQuery = None) -> Validation:
     name = await resolve_workflow(services, workflow_id)
     head = await head_of(services, name)

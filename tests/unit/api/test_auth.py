@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from litestar import Litestar, WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 from litestar.routes import HTTPRoute, WebSocketRoute
 from litestar.testing import TestClient
 
@@ -166,7 +167,7 @@ def test_audience_is_checked_when_configured(fake_settings: Settings) -> None:
 
 
 @websocket("/ws/probe/{name:str}")
-async def probe_socket(socket: WebSocket[Any, Any, Any], name: str) -> None:
+async def probe_socket(socket: WebSocket[Any, Any, Any], name: FromPath[str]) -> None:
     await socket.accept()
     await socket.send_text(name)
     await socket.close()
