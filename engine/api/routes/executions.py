@@ -55,7 +55,7 @@ from engine.api.models.executions import (
 )
 from engine.api.problems import Problem, ProblemItem, problems
 from engine.api.services import Services
-from engine.api.workflow_ids import resolve_workflow, step_uuid, workflow_uuid
+from engine.api.workflow_ids import as_uuid, resolve_workflow, step_uuid, workflow_uuid
 from engine.core.model import (
     STATUS_COMPENSATING,
     STATUS_CREATED,
@@ -146,7 +146,9 @@ async def _replay(services: Services, iid: str, folded: Folded, name: str, body:
                  **problems(400, 404, 409, 413, 415, 422)})
 async def start_execution(services: NamedDependency[Services], data: JSONBody[StartExecution],
                           idempotency_key: IdempotencyKey = None, wait_ms: WaitMs = None) -> Response[ExecutionStarted]:
-    name = await resolve_workflow(services, data.workflow_id)
+    # A name needs no lookup of its own: the start's one read of the definition refuses an unknown one.
+    by_name = as_uuid(data.workflow_id) is None
+    name = data.workflow_id if by_name else await resolve_workflow(services, data.workflow_id)
     reads = Reads(services)
     iid = data.execution_id or (idempotent_id(services.settings.prefix, idempotency_key) if idempotency_key else None)
     if iid is not None:
