@@ -6,6 +6,7 @@ users per role")."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import redis
@@ -43,7 +45,7 @@ from tests.support.tools import ROOT, WORKER_KNOBS, foldflow_env, missing, requi
 pytestmark = pytest.mark.redis
 
 ACL_FILE = ROOT / "deploy" / "acl" / "users.acl"
-ROLES = ("client", "engine", "activities", "projector", "reader", "admin")
+ROLES = ("client", "engine", "activities", "projector", "reader", "api", "admin")
 ROOT_USER = "fftest-root"  # test-only superuser: reads ACL LOG, flushes; not part of users.acl
 
 
@@ -178,6 +180,8 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
     # Nothing a role did was refused, except the preflight's CONFIG GET (it reads INFO instead).
     unexpected = [e for e in refusals() if not str(e.get("object", "")).startswith("config")]
     assert not unexpected, f"refused under the role users: {unexpected}"
+    # The API runs no preflight: not even a CONFIG GET of it was refused.
+    assert not [e for e in refusals() if e.get("username") == "ff-api"], refusals()
 
 
 def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_path: Path, instances: int,
@@ -185,9 +189,11 @@ def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_p
     """The agent example with every role as its own user (``url(role)``): engine, activity worker
     and projector as processes; the test is the admin, the client (start, publish, status,
     history) and the reader (read models); then health, metrics and the operator verbs under
-    those users, a clean SIGTERM, and the engine's housekeeping as the engine user."""
+    those users, a clean SIGTERM, and the engine's housekeeping as the engine user. A `foldflow api`
+    process runs as its user too, driven over HTTP (_drive_api)."""
     settings = Settings(redis_url=url("client"), prefix="ff", partitions=8, block_ms=50)
     ports = {role: free_port() for role in ("engine", "activities", "projector")}
+    api_port = free_port()
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def logs() -> str:
@@ -202,6 +208,8 @@ def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_p
                                     role_env(url("activities"), ports["activities"]), tmp_path / "activities.log")
         procs["projector"] = spawn(["projector", "--trim-every", "0.5"],
                                    role_env(url("projector"), ports["projector"]), tmp_path / "projector.log")
+        procs["api"] = spawn(["api", "--port", str(api_port)],
+                             {**role_env(url("api"), 0), "FOLDFLOW_API_HEARTBEAT_S": "0.5"}, tmp_path / "api.log")
         client = Client.from_url(url("client"), settings)
         ids = []
         for i in range(instances):
@@ -259,6 +267,8 @@ def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_p
         await eventually(correlated)
         await reader.close()
 
+        await _drive_api(f"http://127.0.0.1:{api_port}", tag, procs["api"], logs, refusals)
+
         # Health and metrics of every role work under its user (readiness: scripts loaded,
         # groups exist; /metrics refreshes every Redis gauge, foldflow_redis_up says it did).
         for role, port in ports.items():
@@ -283,6 +293,11 @@ def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_p
             assert done.returncode == 0, (verb, done.stdout[-1000:], done.stderr[-2000:])
         for name, proc in procs.items():
             proc.send_signal(signal.SIGTERM)
+            if name == "api":
+                # uvicorn shuts down gracefully, then raises the signal it caught again: the process
+                # ends by SIGTERM (-15), not with exit 0.
+                assert proc.wait(30) in (0, -signal.SIGTERM), f"{name} did not stop cleanly\n{logs()}"
+                continue
             assert proc.wait(30) == 0, f"{name} did not stop cleanly\n{logs()}"
         # The engine's housekeeping runs every few seconds, past this test's end: run it
         # once now as the engine user (trim acknowledged inbox entries, retire finished instances).
@@ -292,6 +307,81 @@ def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_p
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+API_DEFINITION = {"name": "api-approval", "version": "1.0.0", "definition": {"steps": [
+    {"name": "approval", "step_type": "event_wait", "event_type": "api.approved",
+     "event_filter": {"ticket": "${context.ticket}"}, "timeout": 60000}]}}
+
+
+async def _drive_api(base: str, tag: str, proc: subprocess.Popen[bytes], logs: Callable[[], str],
+                     refusals: Callable[[], Any]) -> None:
+    """Every kind of Redis access the API's routes make, as the api user: register (EVALSHA of
+    register_definition.lua, ff:defs, ff:defids, ff:evshapes), deactivate and reactivate, start
+    (XADD to an inbox, XREAD BLOCK on the instance stream), publish with an id (publish_event.lua),
+    folds (snapshot and instance stream), read models, the live streams (instance stream, feeds)
+    and health."""
+    iid, cid, event_id = f"{tag}-api-1", f"{tag}-api-corr", f"{tag}-api-evt-1"
+
+    def ok(resp: httpx.Response, *codes: int) -> Any:
+        assert resp.status_code in (codes or (200,)), (resp.request.method, str(resp.request.url),
+                                                        resp.status_code, resp.text[:1000], refusals())
+        return resp.json() if resp.headers.get("content-type", "").startswith(("application/json",
+                                                                                "application/problem")) else None
+
+    async with httpx.AsyncClient(base_url=base, timeout=15) as http:
+        async def serving() -> bool:
+            assert proc.poll() is None, f"foldflow api exited\n{logs()}"
+            try:
+                return (await http.get("/health/readiness")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(serving, timeout=30)
+        workflow = ok(await http.post("/workflows", json=API_DEFINITION), 201)
+        wid = workflow["id"]
+        assert any(w["id"] == wid for w in ok(await http.get("/workflows"))["items"])
+        assert ok(await http.delete(f"/workflows/{wid}"))["active"] is False
+        start = {"workflow_id": wid, "correlation_id": cid, "context": {"ticket": "t-1"}, "execution_id": iid}
+        ok(await http.post("/executions", json=start), 409)  # deactivated: nothing sent
+        # by name: SISMEMBER of ff:defs (by id: HGET of ff:defids)
+        assert ok(await http.put(f"/workflows/{API_DEFINITION['name']}", json={"active": True}))["active"] is True
+        ok(await http.post("/executions", json=start), 200, 202)
+        event = {"id": event_id, "type": "api.approved", "data": {"ticket": "t-1"}, "correlation_id": cid}
+        assert ok(await http.post("/events", json=event), 202)["duplicate"] is False
+        assert ok(await http.post("/events", json=event), 202)["duplicate"] is True
+        assert ok(await http.get(f"/events/{event_id}"))["type"] == "api.approved"
+        assert any(e["id"] == event_id for e in ok(await http.get("/events"))["items"])
+
+        async def completed() -> bool:
+            return bool(ok(await http.get(f"/executions/{iid}"))["status"] == "completed")
+
+        await eventually(completed, timeout=20)
+        assert ok(await http.get(f"/executions/{iid}/history"))["events"]
+        ok(await http.get(f"/executions/{iid}/steps"))
+
+        async def listed() -> bool:
+            return bool(ok(await http.get("/executions", params={"workflow": wid}))["count"] == 1)
+
+        await eventually(listed, timeout=20)
+
+        async def correlated() -> bool:
+            resp = await http.get(f"/correlations/{cid}/events")
+            if resp.status_code == 404:
+                return False  # not projected yet
+            types = {e["type"] for e in ok(resp)["events"]}
+            return {"api.approved", "workflow.completed"} <= types
+
+        await eventually(correlated, timeout=20)
+        stream = await http.get(f"/executions/{iid}/stream", params={"follow": "false"})
+        assert stream.status_code == 200 and "event: close" in stream.text, (stream.status_code, stream.text[-500:])
+        # The events stream never ends: read up to its first heartbeat (its feed XREAD is parked by then).
+        async with http.stream("GET", "/events/stream") as live:
+            assert live.status_code == 200
+            async for chunk in live.aiter_text():
+                if "heartbeat" in chunk:
+                    break
+        assert ok(await http.get("/health/dependencies"))["dependencies"]["redis"]["status"] == "ok"
 
 
 async def _housekeeping(url: str, settings: Settings) -> list[int]:
@@ -424,6 +514,81 @@ def test_engine_reader_and_admin_limits(acl_server: AclServer) -> None:
     finally:
         for r in (engine, reader, admin):
             r.close()
+
+
+def test_api_loads_its_scripts_again_after_a_flush(acl_server: AclServer, tmp_path: Path) -> None:
+    """The end-to-end run finds the scripts loaded (the engine worker loads them all). After a
+    SCRIPT FLUSH (a restart, a failover) the API's first EVALSHA of register_definition.lua and of
+    publish_event.lua answers NOSCRIPT: it loads the script and runs that call with EVAL, as its user."""
+    with acl_server.root() as r:
+        r.script_flush()
+        r.execute_command("ACL", "LOG", "RESET")
+    port = free_port()
+    proc = spawn(["api", "--port", str(port)], role_env(acl_server.url("api"), 0), tmp_path / "api.log")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=15) as http:
+            def serving() -> bool:
+                assert proc.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
+                try:
+                    return http.get("/health/readiness").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(serving, 30, "foldflow api answers")
+            doc = {**API_DEFINITION, "name": "api-after-flush"}
+            resp = http.post("/workflows", json=doc)
+            assert resp.status_code == 201, resp.text
+            event = {"id": "after-flush-1", "type": "api.approved", "data": {"ticket": "t-9"}}
+            resp = http.post("/events", json=event)
+            assert resp.status_code == 202 and resp.json()["duplicate"] is False, resp.text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    with acl_server.root() as r:
+        shas = [hashlib.sha1((ROOT / "engine" / "store" / "scripts" / f"{n}.lua").read_bytes()).hexdigest()
+                for n in ("register_definition", "publish_event")]
+        assert r.script_exists(*shas) == [True, True]
+        refused = [_acl_entry(e) for e in r.execute_command("ACL", "LOG", "128")]
+    assert not refused, refused
+
+
+def test_api_may_serve_its_routes_and_nothing_more(acl_server: AclServer) -> None:
+    """The API sends commands and events, registers and (de)activates definitions, and reads
+    instance streams, snapshots, feeds and read models; the rest of the data is not its to change."""
+    r = acl_server.sync("api")
+    try:
+        _refused(lambda: r.flushall())
+        _refused(lambda: r.flushdb())
+        _refused(lambda: r.config_set("appendonly", "no"))
+        _refused(lambda: r.config_get("*"))
+        _refused(lambda: r.keys("*"))
+        _refused(lambda: r.script_flush())
+        _refused(lambda: r.execute_command("ACL", "LIST"))  # type: ignore[no-untyped-call]
+        _refused(lambda: r.execute_command("CLIENT", "LIST"))  # type: ignore[no-untyped-call]
+        _refused(lambda: r.xgroup_destroy("{ff:0}:inbox", "engine"))  # no consumer group is its own
+        _refused(lambda: r.xgroup_destroy("{ff:0}:feed", "proj:executions"))
+        _refused(lambda: r.xgroup_destroy("ff:events", "router"))
+        _refused(lambda: r.xack("ff:events", "router", "0-1"))
+        _refused(lambda: r.delete("{ff:0}:i:victim"))  # instance streams are read only
+        _refused(lambda: r.xtrim("{ff:0}:i:victim", maxlen=0))
+        _refused(lambda: r.xadd("{ff:0}:i:victim", {"type": "workflow.completed"}))  # no history forging
+        _refused(lambda: r.eval(XADD_SCRIPT, 1, "{ff:0}:i:victim"))  # nor through a script
+        _refused(lambda: r.eval(XADD_SCRIPT, 1, "ff:def:evil"))  # a script's keys allowed, XADD on them not
+        _refused(lambda: r.xadd("{ff:0}:feed", {"type": "workflow.completed"}))
+        _refused(lambda: r.xadd("{ff:0}:tasks:planning-system", {"task_id": "x"}))  # no task forging
+        _refused(lambda: r.xrange("{ff:0}:inbox"))  # other senders' commands stay unread
+        _refused(lambda: r.xreadgroup("engine", "thief", {"{ff:0}:inbox": ">"}))
+        _refused(lambda: r.hset("{ff:0}:x:i:victim", "executions", "{}"))  # read models are the projector's
+        _refused(lambda: r.hset("{ff:0}:snap:victim", "state", "{}"))  # snapshots the engine's
+        _refused(lambda: r.set("{ff:0}:lease", "thief"))
+        _refused(lambda: r.hset("ff:meta", "partitions", "3"))
+        _refused(lambda: r.delete("ff:def:victim"))  # definitions are deactivated, never deleted
+        _refused(lambda: r.hdel("ff:def:victim", "v:1.0.0"))
+        _refused(lambda: r.srem("ff:defs", "victim"))
+        _refused(lambda: r.smembers("ff:evshapes:api.approved"))  # write only: the router's to read
+        _refused(lambda: r.set("other-app:key", "1"))  # only foldflow's keys
+    finally:
+        r.close()
 
 
 # -- 3. TLS ---------------------------------------------------------------------------------
