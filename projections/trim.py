@@ -32,7 +32,9 @@ async def feed_floor(redis: Redis, feed: str) -> str | None:
         pos = text(g["last-delivered-id"])
         if int(g["pending"]) > 0:
             summary: Any = await redis.xpending(feed, text(g["name"]))
-            pos = text(summary["min"])
+            # Acknowledged between XINFO and XPENDING: nothing pending now, last-delivered holds.
+            if summary["min"] is not None:
+                pos = text(summary["min"])
         if floor is None or _id(pos) < _id(floor):
             floor = pos
     return None if floor in (None, "0-0") else floor

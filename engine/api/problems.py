@@ -18,7 +18,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from engine.core.definition import DefinitionError
 from engine.errors import DefinitionConflict, EngineError, InvalidInput, NotFound, Refused, StoreUnavailable
-from engine.store.errors import TRANSIENT
+from engine.store.errors import TRANSIENT, is_refused
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("foldflow.api")
@@ -85,6 +85,11 @@ def as_problem(exc: Exception) -> Problem:
         case _ if isinstance(exc, TRANSIENT):
             # A route that reached Redis without the store's translation: the same outage.
             return UNAVAILABLE_PROBLEM
+        case _ if is_refused(exc, "NOPERM"):
+            # The deployment, not the request: say so to the caller, and to the operator exactly what.
+            log.error("Redis refused the API's user a command its routes need: %s", exc)
+            return Problem(503, "Redis refused this API's user a command it needs (NOPERM): the ACL of its "
+                                "user (deploy/acl/users.acl, ff-api) must grant it; the log names the command")
         case ValidationException():
             return Problem(400, _validation_detail(exc), errors=_validation_items(exc))
         case HTTPException():

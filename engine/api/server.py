@@ -6,8 +6,12 @@ is always a decision someone wrote down."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -16,6 +20,23 @@ from engine.api.settings import ApiSettings, bind_refusal
 from engine.config import Settings
 
 log = logging.getLogger("foldflow.api")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises SIGTERM/SIGINT once it has shut down, so the process would die
+        # of the signal (-15) with its last log lines unflushed; every foldflow role exits 0
+        # after a graceful shutdown, and a supervisor reads anything else as a crash.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def uvicorn_config(settings: Settings, api: ApiSettings) -> uvicorn.Config:
@@ -31,6 +52,6 @@ async def serve_api(settings: Settings, api: ApiSettings) -> int:
         return 2
     if not api.auth_configured:
         log.warning("serving with no auth on %s: every route is open to whoever reaches it", api.host)
-    server = uvicorn.Server(uvicorn_config(settings, api))
+    server = _Server(uvicorn_config(settings, api))
     await server.serve()
     return 0 if server.started else 1

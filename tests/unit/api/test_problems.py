@@ -175,3 +175,13 @@ def test_spec_declares_shared_refusals(client: TestClient) -> None:  # type: ign
             assert "503" in op["responses"], (method, path)
     health = spec["paths"]["/health/readiness"]["get"]["responses"]
     assert set(health) >= {"200", "503"}
+
+
+def test_a_command_the_acl_refuses_is_a_503_naming_the_acl_not_a_500() -> None:
+    from redis.exceptions import NoPermissionError
+
+    from engine.api.problems import as_problem
+
+    problem = as_problem(NoPermissionError("NOPERM User ff-api has no permissions to run the 'xtrim' command"))
+    assert problem.status == 503 and "NOPERM" in problem.detail and "ff-api" in problem.detail
+    assert "xtrim" not in problem.detail  # the log names the command, the response does not
