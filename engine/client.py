@@ -18,7 +18,7 @@ from engine.config import Settings
 from engine.core.codec import MAX_CMD_ID_CHARS, MAX_CORRELATION_ID_CHARS, MAX_TYPE_CHARS, check_length, command_fields
 from engine.core.definition import Definition, version_sort_key
 from engine.core.evolve import fold_stored
-from engine.core.ids import INSTANCE_ID_RE
+from engine.core.ids import INSTANCE_ID_RE, traceparent_problem
 from engine.core.language.schema import violations
 from engine.core.model import INITIAL, STATUS_NONE, TERMINAL, State, encode
 from engine.errors import InvalidContext, InvalidInput, UnknownInstance, UnknownWorkflow
@@ -95,11 +95,14 @@ class Client:
     # -- commands --------------------------------------------------------------
     async def start(
         self, workflow: str, context: Mapping[str, Any] | None = None, *, version: str | None = None,
-        correlation_id: str | None = None, instance_id: str | None = None,
+        correlation_id: str | None = None, instance_id: str | None = None, traceparent: str | None = None,
     ) -> str:
         """Start an instance; returns its id. The version is pinned here (latest unless given).
 
+        ``traceparent`` (W3C trace context) is carried by every task of the instance.
         Refused when the workflow is deactivated (running instances are not affected)."""
+        if traceparent is not None and (problem := traceparent_problem(traceparent)) is not None:
+            raise InvalidInput(problem)
         definition = await self.catalog.startable(workflow, version)
         if definition.input_schema:
             problems = violations(definition.input_schema, dict(context or {}))
@@ -110,6 +113,8 @@ class Client:
         data: dict[str, Any] = {"workflow": workflow, "version": definition.version, "context": dict(context or {})}
         if correlation_id:
             data["correlation_id"] = correlation_id
+        if traceparent:
+            data["traceparent"] = traceparent
         await self.send("start", iid, data, cmd_id=f"start:{iid}")
         return iid
 

@@ -20,6 +20,7 @@ from engine.api.auth import TokenVerifier, guard
 from engine.api.metrics import RequestMetrics
 from engine.api.problems import EXCEPTION_HANDLERS
 from engine.api.routes import ROUTES
+from engine.api.routes.services import Directory, provide_directory
 from engine.api.services import Services
 from engine.api.settings import ApiSettings
 from engine.api.surface import Docs, check_media_type, completed_on_startup, websocket_denials
@@ -86,9 +87,11 @@ def create_app(settings: Settings, api: ApiSettings, *,
         else:
             redis, blocking = connect_pools(settings, api)
         app.state.services = Services.over(redis, settings, api, blocking=blocking)
+        app.state.directory = Directory.open(redis, app.state.services.client.keys)
         try:
             yield
         finally:
+            await app.state.directory.close()
             await redis.aclose()
             if blocking is not None:
                 await blocking.aclose()
@@ -97,7 +100,8 @@ def create_app(settings: Settings, api: ApiSettings, *,
                              "verifier": TokenVerifier(api) if api.auth_configured else None}
     app = Litestar(
         route_handlers=ROUTES,
-        dependencies={"services": Provide(_services, sync_to_thread=False)},
+        dependencies={"services": Provide(_services, sync_to_thread=False),
+                      "directory": Provide(provide_directory, sync_to_thread=False)},
         guards=[guard],
         before_request=check_media_type,
         on_startup=[completed_on_startup],

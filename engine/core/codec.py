@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from engine.core.ids import INSTANCE_ID_RE
+from engine.core.ids import INSTANCE_ID_RE, traceparent_problem
 from engine.core.model import COMMAND_TYPES, Envelope, Task, decode_command, decode_task_data
 from engine.errors import EngineError, PoisonMessage
 
@@ -68,6 +68,9 @@ def decode_command_entry(entry_id: str, fields: Mapping[bytes, bytes], max_bytes
     correlation_id = getattr(command, "correlation_id", None)
     if isinstance(correlation_id, str):
         check_length("correlation_id", correlation_id, MAX_CORRELATION_ID_CHARS)
+    traceparent = getattr(command, "traceparent", None)
+    if isinstance(traceparent, str) and (problem := traceparent_problem(traceparent)) is not None:
+        raise PoisonMessage(problem)
     raw_cmd_id = fields.get(b"cmd_id")
     cmd_id = raw_cmd_id.decode(errors="replace") if raw_cmd_id else None
     if cmd_id is not None:
@@ -113,6 +116,9 @@ def decode_task_entry(entry_id: str, queue_key: str, fields: Mapping[bytes, byte
         kind=data.kind,
         iteration=data.iteration,
         method=data.method,
+        idempotency_key=data.idempotency_key,
+        http=data.http,
+        traceparent=data.traceparent,
         entry_id=entry_id,
         queue_key=queue_key,
     )

@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from engine.core.calls import call_meta
 from engine.core.definition import Definition
 from engine.core.graph import Decision, step_done
 from engine.core.ids import entry_key, wait_signature
+from engine.core.language.expressions import TemplateError, refuse_markers
 from engine.core.model import (
     STATUS_COMPENSATING,
     STATUS_CREATED,
@@ -96,7 +98,7 @@ def _start(d: Decision, cmd: StartWorkflow) -> None:
         return  # a second start for the same id: idempotent, changes nothing
     d.emit(WorkflowCreated(instance_id=d.envelope.instance_id, workflow=d.definition.name,
                            version=d.definition.version, context=cmd.context, correlation_id=cmd.correlation_id,
-                           parent=cmd.parent))
+                           parent=cmd.parent, traceparent=cmd.traceparent))
     d.emit(WorkflowStarted(timeout_at=d.deadline()))
     d.advance()
 
@@ -136,19 +138,20 @@ def _complete(d: Decision, cmd: CompleteStep) -> None:
             or not _parts_named(d, cmd.step, cmd.iteration):
         return
     step = d.definition.step(cmd.step)
+    call = call_meta(cmd.call)
     if step.type == "validation" and cmd.iteration is not None:
-        _validation_part(d, cmd)
+        _validation_part(d, cmd, call)
         return
     if step.type == "loop" and cmd.iteration is not None:
         d.emit(StepIterationCompleted(step=cmd.step, attempt=cmd.attempt, iteration=cmd.iteration,
-                                      output=cmd.output))
+                                      output=cmd.output, call=call))
         d.advance()  # the next item goes out only while the instance runs (resume picks it up)
         return
-    if d.complete_step(step, cmd.attempt, cmd.output):
+    if d.complete_step(step, cmd.attempt, cmd.output, call=call):
         d.advance()
 
 
-def _validation_part(d: Decision, cmd: CompleteStep) -> None:
+def _validation_part(d: Decision, cmd: CompleteStep, call: dict[str, Any] | None) -> None:
     assert cmd.iteration is not None
     step = d.definition.step(cmd.step)
     rule = step.validation_rules[cmd.iteration]
@@ -156,9 +159,10 @@ def _validation_part(d: Decision, cmd: CompleteStep) -> None:
         why = cmd.output.get("message") or cmd.output.get("reason") or "the service said it is not valid"
         d.fail_step(cmd.step, cmd.attempt, StepError(
             message=f"validation rule {rule.rule!r} on field {rule.field!r} failed: {why}", retryable=False,
-            kind="validation"), cmd.iteration)
+            kind="validation"), cmd.iteration, call=call)
         return
-    d.emit(StepIterationCompleted(step=cmd.step, attempt=cmd.attempt, iteration=cmd.iteration, output=cmd.output))
+    d.emit(StepIterationCompleted(step=cmd.step, attempt=cmd.attempt, iteration=cmd.iteration, output=cmd.output,
+                                  call=call))
     st = d.state.step(cmd.step)
     if len(st.done) == len(step.validation_rules):
         results = {r.rule: out for r, out in zip(step.validation_rules, st.results)}
@@ -175,8 +179,9 @@ def _fail(d: Decision, cmd: FailStep) -> None:
     if step.type == "validation" and cmd.iteration is not None:
         rule = step.validation_rules[cmd.iteration]
         error = StepError(message=f"validation rule {rule.rule!r} on field {rule.field!r} failed: {error.message}",
-                          retryable=error.retryable, kind=error.kind, type=error.type)
-    d.fail_step(cmd.step, cmd.attempt, error, cmd.iteration)
+                          retryable=error.retryable, kind=error.kind, type=error.type, status=error.status,
+                          retry_after_ms=error.retry_after_ms)
+    d.fail_step(cmd.step, cmd.attempt, error, cmd.iteration, call=call_meta(cmd.call))
 
 
 def _event(d: Decision, cmd: DeliverEvent) -> None:
@@ -283,7 +288,15 @@ def _retry(d: Decision, cmd: RetryWorkflow) -> None:
     elif cmd.input is not None:
         d.reject("retry --input needs --from-step: the step the edited input is for")
         return
-    d.emit(WorkflowRetried(steps=failed, timeout_at=d.deadline(), from_step=cmd.from_step, input=cmd.input))
+    else:
+        rewind = []
+    try:  # an edited input goes to a service as it is: it must not ask for a secret
+        refuse_markers(cmd.input, "the edited input")
+    except TemplateError as exc:
+        d.reject(str(exc))
+        return
+    d.emit(WorkflowRetried(steps=failed, timeout_at=d.deadline(), from_step=cmd.from_step, input=cmd.input,
+                           rewound=rewind if set(rewind) != set(failed) else []))
     d.advance(include_due_retries=True)
 
 

@@ -98,6 +98,7 @@ def _created(s: State, e: WorkflowCreated, ts: int | None) -> None:
     s.context = e.context
     s.correlation_id = e.correlation_id
     s.parent = e.parent
+    s.traceparent = e.traceparent
     s.created_ms = ts
 
 
@@ -129,6 +130,7 @@ def _scheduled(s: State, e: StepScheduled, ts: int | None) -> None:
         done=done,
         iteration=iteration,
         items=items,
+        run=e.run if e.run is not None else e.attempt,
     )
 
 
@@ -251,11 +253,15 @@ def _retried(s: State, e: WorkflowRetried, ts: int | None) -> None:
     s.failed_step = None
     s.finished_ms = None
     s.timeout_at = e.timeout_at
+    # A rewind starts a new run (a new idempotency key); resuming a failed step keeps its run.
+    # Events from before `rewound` existed: a retry with from_step rewound every step it lists.
+    rewound = set(e.rewound) if e.rewound or e.from_step is None else set(e.steps)
     for name in e.steps:
         prev = s.step(name)
         # Back to pending with a fresh budget; attempt numbers keep counting so
         # every attempt keeps its own task id.
-        s.steps[name] = StepState(attempt=prev.attempt, budget_from=prev.attempt, started_ms=prev.started_ms)
+        s.steps[name] = StepState(attempt=prev.attempt, budget_from=prev.attempt, started_ms=prev.started_ms,
+                                  run=None if name in rewound else prev.run)
     if e.from_step is not None and e.input is not None:
         s.overrides = {**s.overrides, e.from_step: e.input}
 

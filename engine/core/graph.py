@@ -57,6 +57,9 @@ def step_done(st: Any) -> bool:
     return bool(st.status in _DONE or (st.status == STEP_FAILED and st.continued))
 
 
+MAX_RETRY_AFTER_MS = 86_400_000  # a Retry-After beyond a day is read as a day
+
+
 class Decision:
     __slots__ = ("_recorded", "definition", "envelope", "events", "now", "state")
 
@@ -136,7 +139,8 @@ class Decision:
                 return
         self.dispatch(step, self.state.step(step.name).attempt + 1)
 
-    def complete_step(self, step: Step, attempt: int, raw: Any, event_id: str | None = None) -> bool:
+    def complete_step(self, step: Step, attempt: int, raw: Any, event_id: str | None = None,
+                      call: dict[str, Any] | None = None) -> bool:
         """Complete a step with its result, mapped through the step's ``output`` when it has one."""
         output = raw
         if step.output is not None:
@@ -146,9 +150,9 @@ class Decision:
             except (MissingValue, TemplateError) as exc:
                 self.fail_step(step.name, attempt, StepError(
                     message=f"cannot map the output of {step.name!r}: {_reason(exc)}", retryable=False,
-                    kind="template"))
+                    kind="template"), call=call)
                 return False
-        self.emit(StepCompleted(step=step.name, attempt=attempt, output=output, event_id=event_id))
+        self.emit(StepCompleted(step=step.name, attempt=attempt, output=output, event_id=event_id, call=call))
         return True
 
     def continue_loop(self, step: Step) -> None:
@@ -169,23 +173,28 @@ class Decision:
             self.fail_step(step.name, attempt, error)
 
     # -- failures ------------------------------------------------------------
-    def fail_step(self, name: str, attempt: int, error: StepError, iteration: int | None = None) -> None:
+    def fail_step(self, name: str, attempt: int, error: StepError, iteration: int | None = None,
+                  call: dict[str, Any] | None = None) -> None:
         step = self.definition.step(name)
         st = self.state.step(name)
         policy = step.retry_policy
         used = attempt - st.budget_from
         handler = step.on_error
+        # A service's Retry-After is a floor: never sooner than it asked, never later than the policy would.
+        floor = min(max(error.retry_after_ms or 0, 0), MAX_RETRY_AFTER_MS)
         if error.retryable and used < policy.max_attempts:
-            retry_at = self.now + policy.delay_ms(used, self.spread(name, attempt))
-            self.emit(StepFailed(step=name, attempt=attempt, error=error, retry_at=retry_at, iteration=iteration))
+            retry_at = self.now + max(policy.delay_ms(used, self.spread(name, attempt)), floor)
+            self.emit(StepFailed(step=name, attempt=attempt, error=error, retry_at=retry_at, iteration=iteration,
+                                 call=call))
             return
         if handler is not None and handler.action == "retry" and error.retryable \
                 and st.handler_retries < handler.max_retries:
-            self.emit(StepFailed(step=name, attempt=attempt, error=error, retry_at=self.now + handler.backoff_ms,
-                                 handler_retry=True, iteration=iteration))
+            self.emit(StepFailed(step=name, attempt=attempt, error=error, retry_at=self.now + max(handler.backoff_ms, floor),
+                                 handler_retry=True, iteration=iteration, call=call))
             return
         continued = handler is not None and handler.action == "continue"
-        self.emit(StepFailed(step=name, attempt=attempt, error=error, continued=continued, iteration=iteration))
+        self.emit(StepFailed(step=name, attempt=attempt, error=error, continued=continued, iteration=iteration,
+                             call=call))
         self.after_final_failure(step, attempt, error)
 
     def after_final_failure(self, step: Step, attempt: int, error: StepError,
@@ -215,16 +224,16 @@ class Decision:
             self.emit(WorkflowFailed(step=step, error=error))
 
     def notify(self, step: Step, attempt: int, error: StepError, target: str, endpoint: str | None) -> None:
+        details = {"workflow": self.state.workflow, "instance_id": self.state.id, "step": step.name,
+                   "attempt": attempt,
+                   "error": {"message": error.message, "kind": error.kind, "retryable": error.retryable}}
         try:
-            rendered = render_endpoint(endpoint, self.scope()) if endpoint else None
+            rendered = render_endpoint(endpoint, self.scope(), details) if endpoint else None
         except (MissingValue, TemplateError):
             rendered = endpoint  # a notification goes out even when its endpoint cannot be filled
         self.emit(NotificationScheduled(
             step=step.name, attempt=attempt, task_id=task_id_for(self.state.id, step.name, attempt) + ":notify",
-            queue=target, endpoint=rendered,
-            input={"workflow": self.state.workflow, "instance_id": self.state.id, "step": step.name,
-                   "attempt": attempt,
-                   "error": {"message": error.message, "kind": error.kind, "retryable": error.retryable}},
+            queue=target, endpoint=rendered, input=details,
         ))
 
     def spread(self, step: str, attempt: int) -> float:

@@ -16,6 +16,19 @@ import orjson
 # they are restricted to a safe alphabet (streams.md, "Instance ids").
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,199}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
+# W3C trace context, version 00 (https://www.w3.org/TR/trace-context/#traceparent-header).
+TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+def traceparent_problem(value: str) -> str | None:
+    """Why ``value`` is not a traceparent foldflow passes on; None when it is one."""
+    match = TRACEPARENT_RE.match(value)
+    if match is None:
+        return (f"invalid traceparent {value[:100]!r}: expected 00-<32 hex>-<16 hex>-<2 hex> "
+                "(lowercase, W3C trace context)")
+    if set(match[1]) == {"0"} or set(match[2]) == {"0"}:
+        return f"invalid traceparent {value!r}: an all-zero trace id or parent id is not allowed"
+    return None
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:

@@ -41,13 +41,16 @@ class StartWorkflow(Command, frozen=True, kw_only=True, tag="start"):
     context: dict[str, JSON] = {}
     correlation_id: str | None = None
     parent: ParentRef | None = None
+    traceparent: str | None = None  # W3C trace context: every task of the instance carries it
 
 
 class StepError(_Wire, frozen=True):
     message: str
     retryable: bool = True
-    kind: str | None = None  # "timeout", "template", "handler", ...
+    kind: str | None = None  # "timeout", "template", "handler", "http", ...
     type: str | None = None  # exception class name, when a handler raised
+    status: int | None = None  # the HTTP status a service answered, when it answered
+    retry_after_ms: int | None = None  # the service's Retry-After: the floor of the next backoff
 
 
 class CompleteStep(Command, frozen=True, kw_only=True, tag="step.completed"):
@@ -56,6 +59,9 @@ class CompleteStep(Command, frozen=True, kw_only=True, tag="step.completed"):
     task_id: str | None = None
     output: JSON = None
     iteration: int | None = None  # which item of a loop, or rule of a validation step
+    # What the HTTP call looked like (method, url, status, duration_ms, headers, body). Kept loose
+    # on purpose: a malformed one is trimmed (core/calls.py), never a reason to lose the result.
+    call: JSON = None
 
 
 class FailStep(Command, frozen=True, kw_only=True, tag="step.failed"):
@@ -64,6 +70,7 @@ class FailStep(Command, frozen=True, kw_only=True, tag="step.failed"):
     error: StepError
     task_id: str | None = None
     iteration: int | None = None
+    call: JSON = None
 
 
 class CancelWorkflow(Command, frozen=True, kw_only=True, tag="cancel"):
@@ -162,6 +169,7 @@ class WorkflowCreated(Event, frozen=True, kw_only=True, tag="workflow.created"):
     context: dict[str, JSON] = {}
     correlation_id: str | None = None
     parent: ParentRef | None = None
+    traceparent: str | None = None
 
 
 class WorkflowStarted(Event, frozen=True, kw_only=True, tag="workflow.started"):
@@ -179,6 +187,9 @@ class StepScheduled(Event, frozen=True, kw_only=True, tag="workflow.step_schedul
     iteration: int | None = None  # a loop item or validation rule, by position
     items: list[JSON] | None = None  # a loop's resolved items, on its first iteration
     method: str | None = None  # the step's HTTP-style method, passed to the handler
+    # The HTTP call's rendered url and headers, its status rules and timeout (only the keys set).
+    http: dict[str, JSON] | None = None
+    run: int | None = None  # the attempt this run of the step began at (the idempotency key's); None: attempt
 
 
 class StepWaiting(Event, frozen=True, kw_only=True, tag="workflow.step_waiting"):
@@ -194,6 +205,7 @@ class StepCompleted(Event, frozen=True, kw_only=True, tag="workflow.step_complet
     attempt: int
     output: JSON = None
     event_id: str | None = None  # for an event wait: the ff:events entry that satisfied it
+    call: dict[str, JSON] | None = None  # the HTTP call that answered (bounded, core/calls.py)
 
 
 class StepIterationCompleted(Event, frozen=True, kw_only=True, tag="workflow.step_iteration_completed"):
@@ -201,6 +213,7 @@ class StepIterationCompleted(Event, frozen=True, kw_only=True, tag="workflow.ste
     attempt: int
     iteration: int
     output: JSON = None
+    call: dict[str, JSON] | None = None
 
 
 class StepSkipped(Event, frozen=True, kw_only=True, tag="workflow.step_skipped"):
@@ -233,6 +246,7 @@ class StepFailed(Event, frozen=True, kw_only=True, tag="workflow.step_failed"):
     retry_at: int | None = None  # set when another attempt is scheduled
     handler_retry: bool = False  # that attempt comes from an error handler's retry budget
     continued: bool = False  # final, but the error handler lets the workflow go on
+    call: dict[str, JSON] | None = None
 
 
 class NotificationScheduled(Event, frozen=True, kw_only=True, tag="workflow.notification_scheduled"):
@@ -257,6 +271,9 @@ class WorkflowRetried(Event, frozen=True, kw_only=True, tag="workflow.retried"):
     timeout_at: int | None = None  # a retried run gets a fresh workflow deadline
     from_step: str | None = None
     input: JSON = None  # edited input for from_step, kept in the history as given
+    # With from_step: the steps of `steps` that start a new run (from_step and after it), when
+    # that is not all of them (failed steps elsewhere resume their run); empty: all of them.
+    rewound: list[str] = []
 
 
 class SignalReceived(Event, frozen=True, kw_only=True, tag="workflow.signal_received"):
@@ -344,6 +361,9 @@ class TaskData(msgspec.Struct, kw_only=True, omit_defaults=True):
     kind: str = "step"  # "step" | "notification"
     iteration: int | None = None  # which loop item or validation rule
     method: str | None = None
+    idempotency_key: str | None = None  # the same for every delivery and retry of one run of the step
+    http: dict[str, JSON] | None = None  # StepScheduled.http
+    traceparent: str | None = None
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):
@@ -363,6 +383,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     kind: str = "step"
     iteration: int | None = None
     method: str | None = None
+    idempotency_key: str | None = None
+    http: dict[str, JSON] | None = None
+    traceparent: str | None = None
     entry_id: str = ""
     queue_key: str = ""
 
@@ -412,6 +435,7 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     results: list[JSON] = []  # per-item (loop) or per-rule (validation) outputs so far
     done: list[int] = []  # which items / rules completed (validation: at this attempt)
     child_id: str | None = None
+    run: int | None = None  # the attempt the current run began at; None: the next dispatch starts a run
 
 
 class State(msgspec.Struct, kw_only=True):
@@ -438,6 +462,7 @@ class State(msgspec.Struct, kw_only=True):
     signals: dict[str, JSON] = {}
     overrides: dict[str, JSON] = {}  # edited step inputs from retry --from-step --input
     compensation: list[str] = []  # the compensation steps in run order, once started
+    traceparent: str | None = None
 
     def step(self, name: str) -> StepState:
         return self.steps.get(name) or _PENDING

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from engine.core.definition import Step
 from engine.core.ids import INSTANCE_ID_RE
 from engine.core.language.conditions import evaluate_condition
-from engine.core.language.expressions import render, render_endpoint
+from engine.core.language.expressions import TemplateError, refuse_markers, render, render_endpoint
+from engine.core.language.templates import to_text
 from engine.core.model import (
     STEP_PENDING,
     STEP_RETRYING,
@@ -35,6 +36,14 @@ def task_id_for(instance_id: str, step: str, attempt: int, part: int | None = No
     return base if part is None else f"{base}:{part}"
 
 
+def idempotency_key(instance_id: str, step: str, run: int, part: int | str | None = None) -> str:
+    """``ff:<instance id>/<step>/<run>[/<part>]``: the same for every delivery and automatic
+    retry of one run of a step (and per loop item or validation rule). ``/`` is in neither an
+    instance id nor a step name, so no two instances' keys can meet."""
+    base = f"ff:{instance_id}/{step}/{run}"
+    return base if part is None else f"{base}/{part}"
+
+
 def child_id_for(instance_id: str, step: str, attempt: int) -> str:
     """A sub-workflow's instance id: deterministic, so a repeated start is the same child."""
     child = f"{instance_id}.{step}.{attempt}"
@@ -51,12 +60,51 @@ class TemplateFailure(Exception):
 def _service_call(d: Decision, step: Step, attempt: int) -> None:
     assert step.service is not None
     scope = d.scope()
-    endpoint = render_endpoint(step.endpoint, scope) if step.endpoint else None
     override = d.state.overrides.get(step.name)
-    payload = override if override is not None else render(step.input, scope, _INPUTS) if step.input is not None else {}
+    if override is not None:
+        refuse_markers(override, "the edited input")
+    payload = override if override is not None else (
+        render(step.input, scope, _INPUTS, call=True) if step.input is not None else {})
+    endpoint = render_endpoint(step.endpoint, scope, payload) if step.endpoint else None
     d.emit(StepScheduled(step=step.name, attempt=attempt, task_id=task_id_for(d.state.id, step.name, attempt),
                          queue=step.service, endpoint=endpoint, input=payload, timeout_at=_timeout(d, step),
-                         method=step.method))
+                         method=step.method, http=_http(step, scope, payload), run=_run(d, step, attempt)))
+
+
+def _run(d: Decision, step: Step, attempt: int) -> int | None:
+    """The attempt the step's current run began at: kept over retries, restarted by a rewind.
+    None when that is this attempt (the event leaves it out)."""
+    run = d.state.step(step.name).run
+    return None if run is None or run == attempt else run
+
+
+def _http(step: Step, scope: dict[str, Any], payload: Any) -> dict[str, Any] | None:
+    http: dict[str, Any] = {}
+    if step.url is not None:
+        http["url"] = render_endpoint(step.url, scope, payload, what="url")
+    if step.headers:
+        headers = {name: _header(name, value, scope) for name, value in step.headers.items()}
+        http["headers"] = {name: value for name, value in headers.items() if value is not None}
+    if step.retry_on_status:
+        http["retry_on_status"] = list(step.retry_on_status)
+    if step.success_on_status:
+        http["success_on_status"] = list(step.success_on_status)
+    if step.follow_redirects:
+        http["follow_redirects"] = True
+    if step.timeout_ms:
+        http["timeout_ms"] = step.timeout_ms
+    return http or None
+
+
+def _header(name: str, template: str, scope: dict[str, Any]) -> str | None:
+    """A header's rendered value; None (left out) when it is one template that reads null."""
+    value = render(template, scope, call=True)
+    if value is None:
+        return None
+    text = to_text(value)
+    if "\r" in text or "\n" in text:
+        raise TemplateError(f"header {name} rendered to a value with a line break")
+    return text
 
 
 def _event_wait(d: Decision, step: Step, attempt: int) -> None:
@@ -98,11 +146,16 @@ def _loop(d: Decision, step: Step, attempt: int) -> None:
 def _loop_item(d: Decision, step: Step, attempt: int, index: int, items: list[Any], first: bool) -> None:
     assert step.service is not None
     scope = d.scope(item=items[index], index=index)
-    endpoint = render_endpoint(step.endpoint, scope) if step.endpoint else None
-    payload = render(step.input, scope, _INPUTS) if step.input is not None else {"item": items[index], "index": index}
+    if step.input is not None:
+        payload = render(step.input, scope, _INPUTS, call=True)
+    else:
+        payload = {"item": items[index], "index": index}
+        refuse_markers(payload, f"item {index}")
+    endpoint = render_endpoint(step.endpoint, scope, payload) if step.endpoint else None
     d.emit(StepScheduled(step=step.name, attempt=attempt, task_id=task_id_for(d.state.id, step.name, attempt, index),
                          queue=step.service, endpoint=endpoint, input=payload, timeout_at=_timeout(d, step),
-                         iteration=index, items=items if first else None, method=step.method))
+                         iteration=index, items=items if first else None, method=step.method,
+                         http=_http(step, scope, payload), run=_run(d, step, attempt)))
 
 
 def next_loop_item(d: Decision, step: Step) -> None:
@@ -116,12 +169,15 @@ def next_loop_item(d: Decision, step: Step) -> None:
 
 def _validation(d: Decision, step: Step, attempt: int) -> None:
     scope = d.scope()
+    run = _run(d, step, attempt)
     for i, rule in enumerate(step.validation_rules):
         value = scope["input"].get(rule.field) if isinstance(scope["input"], dict) else None
-        endpoint = render_endpoint(rule.endpoint, scope) if rule.endpoint else f"/validate/{rule.rule}"
+        refuse_markers(value, f"input.{rule.field}")
+        payload = {"field": rule.field, "rule": rule.rule, "value": value}
+        endpoint = render_endpoint(rule.endpoint, scope, payload) if rule.endpoint else "/validate"
         d.emit(StepScheduled(step=step.name, attempt=attempt, task_id=task_id_for(d.state.id, step.name, attempt, i),
                              queue=rule.service, endpoint=endpoint, timeout_at=_timeout(d, step), iteration=i,
-                             input={"field": rule.field, "rule": rule.rule, "value": value}))
+                             input=payload, http=_http(step, scope, payload), run=run))
 
 
 def _sub_workflow(d: Decision, step: Step, attempt: int) -> None:

@@ -192,9 +192,21 @@ async def cmd_activities(args: argparse.Namespace) -> int:
     from engine.workers.activities import ActivityWorker, import_handlers
 
     sys.path.insert(0, os.getcwd())
-    for module in args.module:
+    for module in args.module or ():
         import_handlers(module)
-    return await _serve(lambda r, s: ActivityWorker(r, s, services=args.service or None), args)
+    if not args.http and not args.module:
+        raise ConfigError("activities needs --module (Python handlers) or --http (the HTTP executor), or both")
+
+    def make(redis: Any, settings: Settings) -> ActivityWorker:
+        serving = None
+        if args.http:
+            from engine.outbound.settings import http_settings
+            from engine.workers.http.serving import HttpServing
+
+            serving = HttpServing(redis, settings, http_settings())
+        return ActivityWorker(redis, settings, services=args.service or None, http=serving)
+
+    return await _serve(make, args)
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
@@ -276,7 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("activities", parents=[setting_flags(*VERB_SETTINGS["activities"], log_level=True)],
                        help="run an activity worker")
-    x.add_argument("--module", action="append", required=True, help="module whose @activity handlers to serve")
+    x.add_argument("--module", action="append", help="module whose @activity handlers to serve")
+    x.add_argument("--http", action="store_true",
+                   help="also serve over HTTP every service that resolves through the service registry or "
+                        "<SERVICE>_URL (and steps with their own url), while no handler serves it")
     x.add_argument("--service", action="append", help="serve only these services")
     x.set_defaults(fn=cmd_activities)
 
@@ -297,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dlq_commands(sub)
     from engine.ops.api_cli import add_commands as add_api_commands
     add_api_commands(sub)
+    from engine.ops.services_cli import add_commands as add_services_commands
+    add_services_commands(sub)
     return p
 
 

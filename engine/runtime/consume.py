@@ -73,6 +73,9 @@ class GroupReader:
 
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
         if not self.streams:
+            # Nothing to read yet (an HTTP executor before any service resolves): wait as a
+            # blocking read would, or the caller's loop spins and starves the event loop.
+            await asyncio.sleep((block_ms or 0) / 1000 or _POLL_MAX_S)
             return []
         if self.cluster:
             return await self._poll(count, block_ms or 0)

@@ -38,6 +38,8 @@ def describe(runner: Role, role: str, consumer: str, version: str, started_ms: i
         "version": version, "started_ms": started_ms, "ts": _now_ms(),
         "counters": orjson.dumps(runner.counters()),
         "services": orjson.dumps(runner.served_services()),
+        # the services of those it serves over HTTP, not with handlers (so handlers elsewhere win)
+        "http": orjson.dumps(getattr(runner, "http_services", list)()),
         "partitions": orjson.dumps(sorted(runner.partitions())),
     }
     return fields
@@ -105,6 +107,6 @@ async def read_heartbeats(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
             "pid": int(h.get("pid", 0) or 0), "version": h.get("version", ""),
             "started_ms": int(h.get("started_ms", 0) or 0), "ts": int(h.get("ts", 0) or 0),
             "counters": orjson.loads(h.get("counters", "{}")), "services": orjson.loads(h.get("services", "[]")),
-            "partitions": orjson.loads(h.get("partitions", "[]")),
+            "http": orjson.loads(h.get("http", "[]")), "partitions": orjson.loads(h.get("partitions", "[]")),
         })
     return out

@@ -66,6 +66,11 @@ class WorkflowMetrics:
         self.tasks = Counter(
             "foldflow_activity_tasks", "Tasks an activity worker ran, by service and outcome.",
             ["service", "outcome"], registry=registry)
+        self.http_overhead = Histogram(
+            "foldflow_http_executor_overhead_seconds",
+            "The HTTP executor's own time per call: task read to request sent (before), answer to result reported (after).",
+            ["phase"], buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, float("inf")),
+            registry=registry)
 
 
 def _family(kind: str, name: str, doc: str, labels: list[str] | None = None) -> Any:
@@ -110,6 +115,11 @@ ACTIVITY_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("failed", "counter", "foldflow_activity_failed", "Task results reported as failed."),
     ("stale", "counter", "foldflow_activity_stale_results", "Late results dropped: the task was reclaimed."),
     ("breakers_opened", "counter", "foldflow_activity_breaker_opened", "Times this worker saw a circuit breaker open."),
+    ("http_calls", "counter", "foldflow_http_calls", "HTTP service calls answered (any status), by the HTTP executor."),
+    ("http_refused", "counter", "foldflow_http_refused_addresses",
+     "Calls refused before sending: a link-local, metadata or denied address."),
+    ("http_health_checks", "counter", "foldflow_http_health_checks", "Registry services health-checked by this worker."),
+    ("http_registry_refreshes", "counter", "foldflow_http_registry_refreshes", "Times the registry's state was re-read."),
 )
 
 

@@ -14,7 +14,7 @@ it is stuck when it is not final and its last event is older than the limit.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -36,6 +36,7 @@ from engine.store.connection import Redis
 from engine.store.events import Store
 from engine.store.inventory import _glob_escape, breaker_states, task_streams
 from engine.store.keys import ACTIVITY_GROUP, Keys
+from engine.store.queues import env_name
 from engine.store.replies import text
 
 STUCK_STATUSES = frozenset({STATUS_CREATED, STATUS_RUNNING, STATUS_PAUSED})
@@ -160,9 +161,12 @@ async def find_stuck(redis: Redis, keys: Keys, older_than_ms: int, *, now_ms: in
     if breakers is None:
         breakers = await breaker_states(redis, keys, [q for _, q in tasks.values()])
     served: set[str] = set()
+    http_workers = 0
     for hb in await read_heartbeats(redis, keys):
         if hb["role"] == "activities":
             served.update(hb["services"])
+            http_workers += "http_calls" in hb["counters"]  # only an executor started with --http counts calls
+    registered = {text(n) for n in await redis.hkeys(keys.service_names)}
     store = Store(redis, keys)
     out: list[Stuck] = []
     for iid in sorted(ids):
@@ -176,7 +180,8 @@ async def find_stuck(redis: Redis, keys: Keys, older_than_ms: int, *, now_ms: in
         idle = now - state.updated_ms
         if idle < older_than_ms:
             continue
-        reasons = await explain(redis, state, now, seen_tasks, served, breakers)
+        reasons = await explain(redis, state, now, seen_tasks, served, breakers,
+                                unserved=lambda q: unserved_reason(q, q in registered, http_workers > 0))
         out.append(Stuck(instance_id=iid, workflow=state.workflow, status=state.status,
                          partition=keys.partition(iid), correlation_id=state.correlation_id,
                          idle_s=idle / 1000, last_event_ms=state.updated_ms, waits_for=reasons))
@@ -184,8 +189,21 @@ async def find_stuck(redis: Redis, keys: Keys, older_than_ms: int, *, now_ms: in
     return out[:limit]
 
 
+def unserved_reason(queue: str, registered: bool, http_alive: bool) -> str:
+    """Why nobody takes a queue's tasks, naming each way it could resolve (issue: the three of them)."""
+    if registered and not http_alive:
+        return ("the service is in the registry, but no `foldflow activities --http` is running "
+                "(and no handler serves it)")
+    if registered:
+        return ("the service is in the registry, but no live `activities --http` worker serves it "
+                "(are all its instances' URLs refused by FOLDFLOW_HTTP_DENY, or is a handler worker for it gone?)")
+    return (f"no handler, no registered service, no {env_name(queue)} "
+            f"(register one: `foldflow services register {queue} URL`)")
+
+
 async def explain(redis: Redis, state: State, now: int, seen_tasks: dict[tuple[str, str, int], TaskSeen],
-                  served: set[str], breakers: dict[str, int]) -> list[str]:
+                  served: set[str], breakers: dict[str, int],
+                  unserved: Callable[[str], str] | None = None) -> list[str]:
     """What the instance waits for, in words an operator can act on."""
     reasons: list[str] = []
     if state.status == STATUS_PAUSED:
@@ -193,7 +211,7 @@ async def explain(redis: Redis, state: State, now: int, seen_tasks: dict[tuple[s
     for name, st in state.steps.items():
         if st.status == STEP_SCHEDULED:
             reasons.append(await _explain_task(redis, state, name, st.attempt, st.task_id, seen_tasks, served,
-                                               breakers))
+                                               breakers, unserved))
         elif st.status == STEP_WAITING and st.wait is not None:
             since = now - (st.started_ms or state.updated_ms or now)
             deadline = (f", times out in {_age(st.timeout_at - now)}" if st.timeout_at and st.timeout_at > now
@@ -214,7 +232,7 @@ async def explain(redis: Redis, state: State, now: int, seen_tasks: dict[tuple[s
 
 async def _explain_task(redis: Redis, state: State, step: str, attempt: int, task_id: str | None,
                         seen_tasks: dict[tuple[str, str, int], TaskSeen], served: set[str],
-                        breakers: dict[str, int]) -> str:
+                        breakers: dict[str, int], unserved: Callable[[str], str] | None = None) -> str:
     seen = seen_tasks.get((state.id, step, attempt))
     what = f"step {step} attempt {attempt}: task {task_id or '?'}"
     if seen is None:
@@ -224,7 +242,8 @@ async def _explain_task(redis: Redis, state: State, step: str, attempt: int, tas
         return (f"{what} on queue {seen.queue!r}: the circuit breaker of service {seen.queue!r} is open "
                 "(attempts wait until a trial succeeds; fix the service)")
     if seen.queue not in served:
-        return f"{what} on queue {seen.queue!r}: no live activity worker serves this queue"
+        why = unserved(seen.queue) if unserved is not None else ""
+        return f"{what} on queue {seen.queue!r}: no live activity worker serves this queue" + (f": {why}" if why else "")
     rows: Any = await redis.xpending_range(seen.stream, ACTIVITY_GROUP, min=seen.entry_id, max=seen.entry_id, count=1)
     if rows:
         row = rows[0]

@@ -18,6 +18,7 @@ from engine.core.definition import Definition, DefinitionError, canonical_json, 
 from engine.core.ids import encode_shape, filter_shape
 from engine.errors import PoisonMessage, Refused, UnknownWorkflow
 from engine.store.events import Store
+from engine.store.queues import index_queues
 from engine.store.replies import text
 
 _NAMESPACE = uuid.UUID("6f1d3f0e-2b7c-5a8e-9c1d-f01df10f0000")
@@ -65,6 +66,7 @@ class Catalog:
         )
         await self._index_ids(definition)
         await self._index_waits(definition)
+        await index_queues(self.store.redis, self.store.keys, definition)
         self._remember(definition)
         return definition, created
 

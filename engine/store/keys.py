@@ -73,6 +73,35 @@ class Keys:
         """Hash: the UUID of every workflow and of every step of it -> the workflow's name."""
         return f"{self.prefix}:defids"
 
+    # -- the service registry: one hash tag, so one script changes them together on Cluster
+    @property
+    def service_records(self) -> str:
+        """Hash: service id -> its record (JSON)."""
+        return "{%s:svc}:records" % self.prefix
+
+    @property
+    def service_names(self) -> str:
+        """Hash: service name -> its id."""
+        return "{%s:svc}:names" % self.prefix
+
+    @property
+    def service_version(self) -> str:
+        """Counter bumped by every register, update and remove: one GET tells a worker whether to re-read."""
+        return "{%s:svc}:version" % self.prefix
+
+    def service_checks(self, service_id: str) -> str:
+        """Hash: instance url -> its last health check (JSON)."""
+        return "{%s:svc}:checks:%s" % (self.prefix, service_id)
+
+    def service_checking(self, service_id: str) -> str:
+        """SET NX PX lock: the one process checking this service this interval."""
+        return "{%s:svc}:checking:%s" % (self.prefix, service_id)
+
+    @property
+    def service_queues(self) -> str:
+        """Hash: every queue a registered definition sends tasks to -> "url" when a step gives its own url."""
+        return "{%s:svc}:queues" % self.prefix
+
     # -- per partition -----------------------------------------------------
     def partition(self, instance_id: str) -> int:
         return partition_of(instance_id, self.partitions)

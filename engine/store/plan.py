@@ -39,6 +39,7 @@ from engine.core.model import (
     WorkflowStarted,
     encode,
 )
+from engine.core.steps import idempotency_key
 from engine.store.keys import Keys
 
 
@@ -93,6 +94,7 @@ class _Planner:
         self.iid = before.id
         self.context: dict[str, Any] = before.context
         self.workflow, self.correlation_id, self.parent = before.workflow, before.correlation_id, before.parent
+        self.traceparent = before.traceparent
         self.deadline = before.timeout_at
         steps = before.steps.items()
         self.waits = {n: st.wait for n, st in steps if st.wait is not None}
@@ -134,15 +136,21 @@ class _Planner:
         self.fx.outbox.append((target, command_fields(type_, parent.id, body, f"child:{self.iid}:{type_}")))
 
     def task(self, e: StepScheduled | NotificationScheduled, kind: str, iteration: int | None = None) -> None:
+        if isinstance(e, StepScheduled):
+            key = idempotency_key(self.iid, e.step, e.run if e.run is not None else e.attempt, e.iteration)
+            method, http = e.method, e.http
+        else:  # a notification is sent once per final failure: its task id names it
+            key, method, http = idempotency_key(self.iid, e.step, e.attempt, "notify"), None, None
         data = TaskData(service=e.queue, endpoint=e.endpoint, input=e.input, context=self.context,
                         workflow=self.workflow, correlation_id=self.correlation_id, kind=kind, iteration=iteration,
-                        method=e.method if isinstance(e, StepScheduled) else None)
+                        method=method, idempotency_key=key, http=http, traceparent=self.traceparent)
         self.fx.tasks.append((self.keys.tasks(self.p, e.queue), e.task_id, e.step, e.attempt, encode(data)))
 
 
 def _created(pl: _Planner, e: WorkflowCreated) -> None:
     pl.iid, pl.context = e.instance_id, e.context
     pl.workflow, pl.correlation_id, pl.parent = e.workflow, e.correlation_id, e.parent
+    pl.traceparent = e.traceparent
 
 
 def _started(pl: _Planner, e: WorkflowStarted | WorkflowRetried) -> None:
@@ -237,6 +245,8 @@ def _child(pl: _Planner, e: ChildStarted) -> None:
         data["version"] = e.version
     if pl.correlation_id:
         data["correlation_id"] = pl.correlation_id  # a child shares its parent's correlation id
+    if pl.traceparent:
+        data["traceparent"] = pl.traceparent  # ... and its trace
     target = pl.keys.inbox(partition_of(e.child_id, pl.keys.partitions))
     pl.fx.outbox.append((target, command_fields("start", e.child_id, data, f"start:{e.child_id}")))
     pl.retries.pop(e.step, None)

@@ -8,7 +8,10 @@ task's reply_to inbox, task acknowledged and deleted).
     def prepare(task): ...
 
 A handler gets an ``engine.Task`` and returns a JSON-able value (its step's
-output). Raising fails the attempt: retryable, unless it raises
+output). With an ``HttpExecutor`` (``foldflow activities --http``) the worker also
+serves, over HTTP, every queue whose service resolves through the service registry
+or the environment and for which no live activity worker has a handler; that set
+is re-read while it runs (engine.workers.http.serving). Raising fails the attempt: retryable, unless it raises
 ``engine.StepError(msg, retryable=False)``. A StepError's message is recorded as
 given; any other exception with its type and the handler's line that raised it,
 ``KeyError: 'warehouse_code' (at shop/handlers.py:42 in reserve)``.
@@ -41,6 +44,7 @@ from engine.store.events import Store
 from engine.store.keys import ACTIVITY_GROUP, Keys
 from engine.workers.breaker import CircuitBreakers
 from engine.workers.handler_errors import Handler, handler_error
+from engine.workers.http.serving import HttpServing
 
 log = logging.getLogger("foldflow.activities")
 
@@ -95,7 +99,7 @@ class ActivityWorker:
     role = "activities"
 
     def __init__(self, redis: Redis, settings: Settings, *, registry: Registry | None = None,
-                 services: list[str] | None = None, observer: Any = None) -> None:
+                 services: list[str] | None = None, observer: Any = None, http: HttpServing | None = None) -> None:
         self.observer = observer  # ops: handler metrics and task logs (engine.runtime.observe.ActivityObserver)
         self.redis = redis
         self.settings = settings
@@ -104,8 +108,10 @@ class ActivityWorker:
         self.store = Store(redis, self.keys, wait_replicas=settings.wait_replicas,
                            wait_timeout_ms=settings.wait_timeout_ms)
         self.consumer = settings.consumer_name()
-        self.services = services or self.registry.services
-        if not self.services:
+        self.handler_services = services or self.registry.services
+        self.services = list(self.handler_services)
+        self.http = http
+        if not self.services and http is None:
             raise ConfigError("no activity handlers registered: nothing to serve")
         streams = [self.keys.tasks(p, q) for q in self.services for p in range(self.keys.partitions)]
         self.reader = GroupReader(redis, ACTIVITY_GROUP, self.consumer, streams)
@@ -128,6 +134,18 @@ class ActivityWorker:
     def served_services(self) -> list[str]:
         return list(self.services)
 
+    def http_services(self) -> list[str]:
+        """The services this worker serves over HTTP (no handler of its own): heartbeats say so."""
+        return [] if self.http is None else sorted(set(self.services) - set(self.handler_services))
+
+    def serve(self, services: list[str]) -> list[str]:
+        """Serve these queues from now on (the HTTP side's set changed); the new task streams."""
+        wanted = sorted(set(self.handler_services) | set(services))
+        added = [self.keys.tasks(p, q) for q in wanted if q not in self.services for p in range(self.keys.partitions)]
+        self.services = wanted
+        self.reader.set_streams([self.keys.tasks(p, q) for q in wanted for p in range(self.keys.partitions)])
+        return added
+
     def scripts(self) -> dict[str, str]:
         return {name: script.sha for name, script in self.store.scripts.items()}
 
@@ -137,11 +155,16 @@ class ActivityWorker:
     def observed_by(self, metrics: WorkflowMetrics) -> None:
         if self.observer is None:
             self.observer = ActivityObserver(metrics)
+        if self.http is not None:
+            self.http.observe = lambda phase, seconds: metrics.http_overhead.labels(phase).observe(seconds)
 
     def counters(self) -> dict[str, int]:
-        return {"completed": self.completed, "failed": self.failed, "stale": self.stale,
-                "breakers_opened": self.breakers.opened, "reader_nogroup_recoveries": self.reader.nogroup_recoveries,
-                "store_under_replicated": self.store.under_replicated}
+        counts = {"completed": self.completed, "failed": self.failed, "stale": self.stale,
+                  "breakers_opened": self.breakers.opened, "reader_nogroup_recoveries": self.reader.nogroup_recoveries,
+                  "store_under_replicated": self.store.under_replicated}
+        if self.http is not None:
+            counts.update(self.http.counters())
+        return counts
 
     async def prepare(self) -> None:
         await preflight(self.redis)  # refuses a Redis that may evict streams
@@ -150,6 +173,8 @@ class ActivityWorker:
         await self.store.load_scripts()
         for stream in self.reader.streams:
             await self.store.ensure_group(stream, ACTIVITY_GROUP)
+        if self.http is not None:
+            await self.http.open(self)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -186,6 +211,8 @@ class ActivityWorker:
             # pending and is redelivered after the claim idle time.
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
+            if self.http is not None:
+                await self.http.close()
 
     async def _reclaim(self) -> list[Entry]:
         """Tasks a dead worker held; one that keeps killing its workers is dead-lettered."""
@@ -229,6 +256,8 @@ class ActivityWorker:
             if self.observer is not None:  # ops: handler duration and outcome
                 self.observer.task_done(task, command, data, time.perf_counter() - started)
             await self.report(task, command, data)
+            if self.http is not None:
+                self.http.reported(task, started)
         except StoreUnavailable as exc:
             log.warning("could not report task %s (it stays pending): %s", entry_id, exc)
         except Exception:
@@ -242,6 +271,8 @@ class ActivityWorker:
         if task.iteration is not None:
             base["iteration"] = task.iteration
         handler = self.registry.handler_for(task.service, task.step)
+        if handler is None and self.http is not None and self.http.takes(task):
+            return await self.http.call(task, base)
         if handler is None:
             error = {"message": f"no handler for service {task.service!r} step {task.step!r}", "retryable": False,
                      "kind": "handler"}

@@ -29,13 +29,14 @@ class ApiStack:
     def __init__(self, redis_url: str, logs: Path, *, apis: int = 1, prefix: str | None = None,
                  workers: bool = True, activities: str | None = "engine.dev.demo_handlers",
                  env: Mapping[str, str] | None = None, partitions: int = 4,
-                 ready: str = "/health/readiness", api_args: tuple[str, ...] = ()) -> None:
+                 ready: str = "/health/readiness", api_args: tuple[str, ...] = (), http: bool = False) -> None:
         """``ready``: the path that must answer 200 before the stack counts as started
         (``/health/liveness`` for an API pointed at a Redis that is down)."""
         self.redis_url, self.logs, self.apis = redis_url, logs, apis
         self.ready, self.api_args = ready, api_args
         self.prefix = prefix or f"t{uuid.uuid4().hex[:8]}"
         self.workers, self.activities, self.partitions = workers, activities, partitions
+        self.http = http  # also run `foldflow activities --http` (the HTTP executor) as process "http"
         self.extra = dict(env or {})
         self.ports = [free_port() for _ in range(apis)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -60,12 +61,18 @@ class ApiStack:
         if self.activities:
             self.procs["activities"] = spawn(["activities", "--module", self.activities], self.env(),
                                              self.logs / "activities.log")
+        if self.http:
+            self.start_http()
         for i, port in enumerate(self.ports):
             self.procs[f"api{i}"] = spawn(["api", "--port", str(port), *self.api_args], self.env(),
                                           self.logs / f"api{i}.log")
         for i, url in enumerate(self.urls):
             self._wait_ready(f"api{i}", url)
         return self
+
+    def start_http(self, name: str = "http") -> subprocess.Popen[bytes]:
+        self.procs[name] = spawn(["activities", "--http"], self.env(), self.logs / f"{name}.log")
+        return self.procs[name]
 
     def _wait_ready(self, name: str, url: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -109,9 +109,11 @@ def started(definition: Definition = AGENT, context: dict[str, Any] = CTX) -> li
 
 
 def call(step: str, attempt: int = 1, *, queue: str = "svc", endpoint: str | None = None,
-         input: Any = None, timeout_at: int | None = None) -> StepScheduled:
+         input: Any = None, timeout_at: int | None = None, run: int = 1) -> StepScheduled:
+    """``run``: the attempt this run of the step began at (the event leaves it out when that is this one)."""
     return StepScheduled(step=step, attempt=attempt, task_id=tid(step, attempt), queue=queue,
-                         endpoint=endpoint, input={} if input is None else input, timeout_at=timeout_at)
+                         endpoint=endpoint, input={} if input is None else input, timeout_at=timeout_at,
+                         run=None if run == attempt else run)
 
 
 def prep(attempt: int = 1) -> StepScheduled:
@@ -549,7 +551,8 @@ def test_commands_for_an_instance_that_does_not_exist_produce_nothing(command: A
 # templates and error handlers
 # ---------------------------------------------------------------------------
 def test_a_template_that_cannot_render_fails_the_step_without_retries() -> None:
-    error = StepError(message="cannot render step 'task_preparation': context.task_id is not set",
+    error = StepError(message="cannot render step 'task_preparation': placeholder {task_id} in endpoint "
+                              "'/tasks/{task_id}/prepare' resolved to nothing",
                       retryable=False, kind="template")
     context = {"agent_id": "a-1"}
     assert when(INITIAL, StartWorkflow(workflow=AGENT.name, context=context)) == [
@@ -599,7 +602,8 @@ def test_a_continued_sink_still_lets_the_workflow_complete() -> None:
 def test_a_continue_handler_also_covers_a_template_failure() -> None:
     definition = bare(svc("a", endpoint="/x/{missing}", on_failure={"action": "continue"}),
                       svc("b", depends_on=["a"]))
-    error = StepError(message="cannot render step 'a': context.missing is not set", retryable=False, kind="template")
+    error = StepError(message="cannot render step 'a': placeholder {missing} in endpoint '/x/{missing}' resolved "
+                              "to nothing", retryable=False, kind="template")
     # The handler applies to every final failure of the step, as `notify` does for template failures.
     assert when(INITIAL, StartWorkflow(workflow="t"), definition) == [
         *started(definition, {}), StepFailed(step="a", attempt=1, error=error, continued=True), call("b"),
@@ -626,7 +630,8 @@ def test_plan_sends_a_task_for_each_scheduled_step() -> None:
     key, task_id, step, attempt, data = fx.tasks[0]
     assert (key, task_id, step, attempt) == ("{ff:3}:tasks:planning-system", tid(PREP, 1), PREP, 1)
     assert orjson.loads(data) == {"service": "planning-system", "endpoint": "/tasks/t-1/prepare", "input": {},
-                                  "context": CTX, "workflow": AGENT.name, "correlation_id": "c-1"}
+                                  "context": CTX, "workflow": AGENT.name, "correlation_id": "c-1",
+                                  "idempotency_key": f"ff:{IID}/{PREP}/1"}
     assert (fx.timers_add, fx.timers_rem, fx.sadd, fx.srem) == ([], [], [], [])
 
 

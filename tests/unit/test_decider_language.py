@@ -125,10 +125,12 @@ def tid(step: str, attempt: int, part: int | None = None) -> str:
 
 
 def call(step: str, attempt: int = 1, *, queue: str = "svc", endpoint: str | None = None, input: Any = None,
-         iteration: int | None = None, items: list[Any] | None = None, timeout_at: int | None = None) -> StepScheduled:
+         iteration: int | None = None, items: list[Any] | None = None, timeout_at: int | None = None,
+         run: int = 1) -> StepScheduled:
+    """``run``: the attempt this run of the step began at (the event leaves it out when that is this one)."""
     return StepScheduled(step=step, attempt=attempt, task_id=tid(step, attempt, iteration), queue=queue,
                          endpoint=endpoint, input={} if input is None else input, iteration=iteration, items=items,
-                         timeout_at=timeout_at)
+                         timeout_at=timeout_at, run=None if run == attempt else run)
 
 
 def done(step: str, attempt: int = 1, output: Any = None) -> StepCompleted:
@@ -456,7 +458,7 @@ ADA = {"email": "ada@x", "username": "ada"}
 
 
 def part(index: int, attempt: int = 1) -> StepScheduled:
-    field, rule, endpoint = [("email", "unique_email", "/validate/unique_email"),
+    field, rule, endpoint = [("email", "unique_email", "/validate"),
                              ("username", "unique_username", "/check/ada")][index]
     return call("validate", attempt, queue="user-service", endpoint=endpoint, iteration=index,
                 input={"field": field, "rule": rule, "value": ADA[field]})
@@ -1000,14 +1002,14 @@ def chain_failed() -> State:
 def test_retry_from_a_step_rewinds_it_and_its_descendants_with_the_edited_input() -> None:
     events, after = decide_and_fold(chain_failed(), env(RetryWorkflow(from_step="b", input={"x": 99})), CHAIN, NOW)
     assert events == [WorkflowRetried(steps=["b", "c"], from_step="b", input={"x": 99}),
-                      call("b", 2, input={"x": 99})]
+                      call("b", 2, input={"x": 99}, run=2)]  # a rewind starts a new run
     assert after.step("side").status == "completed" and after.step("c").status == "pending"
-    assert when(after, complete("b", 2), CHAIN) == [done("b", 2), call("c", 2)]
+    assert when(after, complete("b", 2), CHAIN) == [done("b", 2), call("c", 2, run=2)]
 
 
 def test_retry_from_a_step_without_input_renders_its_input_again() -> None:
     assert when(chain_failed(), RetryWorkflow(from_step="a"), CHAIN) == [
-        WorkflowRetried(steps=["a", "b", "side", "c"], from_step="a"), call("a", 2),
+        WorkflowRetried(steps=["a", "b", "side", "c"], from_step="a"), call("a", 2, run=2),
     ]
 
 

@@ -168,7 +168,7 @@ def schema_items(problems: Iterable[str]) -> list[ProblemItem]:
 
 def attempt(record: dict[str, Any]) -> Attempt:
     extra = {k: record.get(k) for k in ("task_id", "queue", "endpoint", "event_type", "event_id", "child_id",
-                                         "reason")}
+                                         "reason", "iteration", "call")}
     return Attempt(attempt=int(record["attempt"]), kind=str(record["kind"]), status=str(record["status"]),
                    input=record.get("input"), output=record.get("output"), error=record.get("error"),
                    started_at=at(record.get("started_ms")), started_ms=record.get("started_ms"),

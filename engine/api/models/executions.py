@@ -181,6 +181,10 @@ class Attempt(msgspec.Struct, kw_only=True):
     event_id: str | None = None
     child_id: str | None = None
     reason: str | None = None
+    iteration: int | None = None
+    """The loop item or validation rule, by position."""
+    call: dict[str, Json] | None = None
+    """The HTTP call that answered: method, url, status, duration_ms, headers, body (cut at 2048 characters)."""
 
 
 class StepHistory(msgspec.Struct, kw_only=True):

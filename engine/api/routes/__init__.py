@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.api.routes import events, executions, health, live, steps, workflows
+from engine.api.routes import events, executions, health, live, services, steps, workflows
 
 ROUTES: list[Any] = [*health.ROUTES, *workflows.ROUTES, *steps.ROUTES, *executions.ROUTES, *events.ROUTES,
-                     *live.ROUTES]
+                     *live.ROUTES, *services.ROUTES]

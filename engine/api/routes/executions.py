@@ -56,6 +56,7 @@ from engine.api.models.executions import (
 from engine.api.problems import Problem, ProblemItem, problems
 from engine.api.services import Services
 from engine.api.workflow_ids import as_uuid, resolve_workflow, step_uuid, workflow_uuid
+from engine.core.ids import traceparent_problem
 from engine.core.model import (
     STATUS_COMPENSATING,
     STATUS_CREATED,
@@ -89,6 +90,9 @@ WaitMs = Annotated[int | None, QueryParameter(ge=0, le=60_000, description="how 
                                               "it (ms); default FOLDFLOW_API_START_WAIT_MS")]
 IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=255,
                                                        description="the same key returns the same execution")]
+TraceParent = Annotated[str | None, HeaderParameter(name="traceparent", max_length=55,
+                                                    description="W3C trace context, carried by every task of "
+                                                                "the execution (00-<32 hex>-<16 hex>-<2 hex>)")]
 EntryId = Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$",
                                                description="an entry_id of the previous page")]
 
@@ -145,7 +149,10 @@ async def _replay(services: Services, iid: str, folded: Folded, name: str, body:
                                    "GET /executions/{execution_id}", generate_examples=False),
                  **problems(400, 404, 409, 413, 415, 422)})
 async def start_execution(services: NamedDependency[Services], data: JSONBody[StartExecution],
-                          idempotency_key: IdempotencyKey = None, wait_ms: WaitMs = None) -> Response[ExecutionStarted]:
+                          idempotency_key: IdempotencyKey = None, wait_ms: WaitMs = None,
+                          traceparent: TraceParent = None) -> Response[ExecutionStarted]:
+    if traceparent is not None and (problem := traceparent_problem(traceparent)) is not None:
+        raise Problem(400, problem)  # refused before anything is read or sent
     # A name needs no lookup of its own: the start's one read of the definition refuses an unknown one.
     by_name = as_uuid(data.workflow_id) is None
     name = data.workflow_id if by_name else await resolve_workflow(services, data.workflow_id)
@@ -157,7 +164,8 @@ async def start_execution(services: NamedDependency[Services], data: JSONBody[St
             return replay
     try:
         iid = await services.client.start(name, data.context, version=data.version,
-                                          correlation_id=data.correlation_id, instance_id=iid)
+                                          correlation_id=data.correlation_id, instance_id=iid,
+                                          traceparent=traceparent)
     except InvalidContext as exc:
         raise Problem(422, f"the context does not match the input schema of {name!r}",
                       errors=schema_items(exc.problems)) from None

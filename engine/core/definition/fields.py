@@ -169,19 +169,27 @@ class Reader:
             self.note(condition_paths(text), path, owner)
         return text
 
-    def templates(self, value: Any, path: str, owner: Owner, depth: int = 0) -> None:
+    def templates(self, value: Any, path: str, owner: Owner, depth: int = 0, *, secrets: bool = False) -> None:
+        """``secrets``: the value goes to a service call (headers, endpoint, url, payload), the only
+        place the HTTP executor substitutes ``{{ secrets.NAME }}``."""
         if depth > MAX_NESTING:
             self.add(path, f"nested deeper than {MAX_NESTING} levels")
         elif isinstance(value, str):
             for message in template_problems(value):
                 self.add(path, message)
-            self.note(template_paths(value), path, owner)
+            paths = template_paths(value)
+            if not secrets:
+                for read in paths:
+                    if read.startswith("secrets."):
+                        self.add(path, f"{read}: secrets may be used only in a service call's headers, "
+                                       "endpoint, url and payload")
+            self.note(paths, path, owner)
         elif isinstance(value, dict):
             for key, item in value.items():
-                self.templates(item, f"{path}.{key}", owner, depth + 1)
+                self.templates(item, f"{path}.{key}", owner, depth + 1, secrets=secrets)
         elif isinstance(value, list):
             for i, item in enumerate(value):
-                self.templates(item, f"{path}[{i}]", owner, depth + 1)
+                self.templates(item, f"{path}[{i}]", owner, depth + 1, secrets=secrets)
 
     def note(self, paths: list[str], path: str, owner: Owner) -> None:
         for read in paths:

@@ -117,7 +117,7 @@ def handler(r: Reader, raw: dict[str, Any], path: str, step: str | None, owner: 
     if action == "notify" and at(raw, "target", path) is None:
         r.add(f"{path}.target", "required for notify")
     if (endpoint := at(raw, "endpoint", path)) is not None:
-        r.templates(*endpoint, owner)
+        r.templates(*endpoint, owner, secrets=True)  # a notification is a service call too
     seconds = r.number(at(raw, "backoff_seconds", path), 0.0)
     backoff = (r.duration((seconds * 1000, f"{path}.backoff_seconds")) if seconds is not None
                else r.duration(at(raw, "backoff_ms", path) or at(raw, "backoff", path)))
@@ -154,6 +154,6 @@ def timeout_action(r: Reader, found: At, step: str | None, owner: Owner) -> Erro
     if action == "notify" and at(raw, "target", path) is None:
         r.add(f"{path}.target", "required for notify")
     if (endpoint := at(raw, "endpoint", path)) is not None:
-        r.templates(*endpoint, owner)
+        r.templates(*endpoint, owner, secrets=True)  # a notification is a service call too
     return ErrorHandler(step=step, action=action, target=r.text(at(raw, "target", path)),
                         endpoint=r.text(endpoint), message=r.text(at(raw, "message", path)))

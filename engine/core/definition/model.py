@@ -105,6 +105,12 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     workflow: str | None = None  # sub_workflow: the child's workflow name
     workflow_version: str | None = None
     compensates: str | None = None  # compensation: the step whose effect this undoes
+    # What an HTTP call of the step carries (definition/calls.py); the executor reads them.
+    headers: dict[str, str] = {}  # header name -> template
+    url: str | None = None  # an absolute URL (template) in place of the service's base URL
+    retry_on_status: tuple[int, ...] = ()  # retryable besides 408, 425, 429 and 5xx
+    success_on_status: tuple[int, ...] = ()  # complete the step besides 2xx
+    follow_redirects: bool = False
 
 
 class Definition(msgspec.Struct, frozen=True, kw_only=True, dict=True):

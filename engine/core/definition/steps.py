@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from engine.core.definition.calls import read_call
 from engine.core.definition.fields import ANY, OWN, UPSTREAM, At, Owner, Reader, at, kind_of
 from engine.core.definition.handlers import on_failure, retry_policy, timeout_action
 from engine.core.definition.model import RetryPolicy, Step, ValidationRule
@@ -102,10 +103,13 @@ def _step(r: Reader, find: _Find, name: str | None, kind: str | None, before: Ow
           default_retry: RetryPolicy) -> Step:
     payload, output, event_filter = find("payload", "input"), find("output"), find("filter", "event_filter")
     items = find("items")
-    for templated, owner in ((find("endpoint"), before), (payload, before), (output, after),
-                             (event_filter, before), (items, before)):
+    calling = kind in ("service_call", "loop")  # a sub-workflow's input is no call: no secrets there
+    for templated, owner, secrets in ((find("endpoint"), before, True), (payload, before, calling),
+                                      (output, after, False), (event_filter, before, False),
+                                      (items, before, False)):
         if templated is not None:
-            r.templates(*templated, owner)
+            r.templates(*templated, owner, secrets=secrets)
+    call = read_call(r, find, kind, before)
     condition = r.condition(find("condition"), before)
     on_error, retry = on_failure(r, find("on_failure"), name, after, retry_policy(r, find("retry_policy"), default_retry))
     return Step(
@@ -120,7 +124,9 @@ def _step(r: Reader, find: _Find, name: str | None, kind: str | None, before: Ow
         items=items[0] if items else None, max_iterations=r.integer(find("max_iterations"), 1) or 1000,
         validation_rules=_rules(r, find("validation_rules"), before), duration_ms=r.duration(find("duration")),
         workflow=r.text(find("workflow")), workflow_version=r.version_text(find("workflow_version")),
-        compensates=r.text(find("compensates")),
+        compensates=r.text(find("compensates")), headers=call.headers, url=call.url,
+        retry_on_status=call.retry_on_status, success_on_status=call.success_on_status,
+        follow_redirects=call.follow_redirects,
     )
 
 
@@ -172,7 +178,7 @@ def _rule(r: Reader, raw: dict[str, Any], path: str, owner: Owner) -> Validation
         if at(raw, key, path) is None:
             r.add(f"{path}.{key}", "required")
     if fields["endpoint"] is not None:
-        r.templates(fields["endpoint"], f"{path}.endpoint", owner)
+        r.templates(fields["endpoint"], f"{path}.endpoint", owner, secrets=True)
     if fields["field"] and fields["rule"] and fields["service"]:
         return ValidationRule(field=fields["field"], rule=fields["rule"], service=fields["service"],
                               endpoint=fields["endpoint"])

@@ -46,7 +46,7 @@ STEP_FIELDS: Final = (
     "endpoint", "method", "payload", "input", "output", "event_type", "event_filter", "filter", "timeout",
     "timeout_ms", "retry_policy", "on_failure", "on_timeout", "condition", "true_edge", "false_edge", "items",
     "max_iterations", "validation_rules", "duration", "workflow", "workflow_version", "compensates", "tags",
-    "labels", "metadata",
+    "labels", "metadata", "headers", "url", "retry_on_status", "success_on_status", "follow_redirects",
 )
 RETRY_FIELDS: Final = ("max_attempts", "backoff", "backoff_base", "backoff_multiplier", "initial_delay",
                        "max_delay_ms", "max_delay", "jitter")

@@ -32,7 +32,8 @@ from engine.core.language.templates import _ESCAPES, Path, TemplateError, _numbe
 from engine.core.language.templates import ROOTS as TEMPLATE_ROOTS
 from engine.errors import EngineError
 
-ROOTS: Final = TEMPLATE_ROOTS | {"item", "index", "signals"}
+# A condition is decided in the core, which never holds a secret's value.
+ROOTS: Final = (TEMPLATE_ROOTS - {"secrets"}) | {"item", "index", "signals"}
 MAX_CHARS: Final = 2_000
 MAX_TOKENS: Final = 500
 MAX_DEPTH: Final = 32

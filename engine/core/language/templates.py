@@ -24,7 +24,12 @@ import orjson
 
 from engine.errors import EngineError
 
-ROOTS: Final = frozenset({"input", "context", "steps", "response", "workflow", "event", "item", "index", "signals"})
+ROOTS: Final = frozenset({"input", "context", "steps", "response", "workflow", "event", "item", "index", "signals",
+                          "secrets"})
+# A secret's value never reaches the core: ``secrets.NAME`` renders to this marker, which the
+# HTTP executor replaces at call time (its regex is SECRET_MARKER).
+SECRET_NAME: Final = re.compile(r"[A-Za-z0-9_]+")
+SECRET_MARKER: Final = re.compile(r"\{\{\s*secrets\.([A-Za-z0-9_]+)\s*\}\}")
 MAX_DEPTH: Final = 8
 _MAX_NUMBER_CHARS: Final = 64  # int("9" * 5000) raises, and nothing real needs more
 
@@ -128,12 +133,26 @@ class Default:
             return self.fallback.evaluate(scope)
 
 
-Node = Path | Literal | Call | Default
+class Secret:
+    """``secrets.NAME``: renders to the marker ``{{ secrets.NAME }}``, never to a value."""
+
+    __slots__ = ("marker", "name", "text")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.text = f"secrets.{name}"
+        self.marker = "{{ secrets." + name + " }}"
+
+    def evaluate(self, scope: Mapping[str, Any]) -> Any:
+        return self.marker
+
+
+Node = Path | Literal | Call | Default | Secret
 
 
 def node_paths(node: Node) -> Iterator[str]:
     """Every path an expression reads, as written; registration checks them against the steps."""
-    if isinstance(node, Path):
+    if isinstance(node, (Path, Secret)):
         yield node.text
     elif isinstance(node, Call):
         for arg in node.args:
@@ -222,6 +241,11 @@ class _Parser:
                 self.take(",")
             args.append(self.expression(depth + 1))
         self.take(")")
+        for arg in args:
+            if isinstance(arg, Secret):
+                # The core never sees the value, so it cannot compute with it.
+                raise TemplateError(f"{arg.text} cannot be an argument of {name}(): a secret is only "
+                                    "substituted as it is")
         wanted = 2 if name == "default" else 1
         if len(args) != wanted:
             raise TemplateError(f"{name}() takes {wanted} argument(s), got {len(args)}")
@@ -235,11 +259,15 @@ class _Parser:
             raise TemplateError(f"unexpected {text!r} after the expression")
 
 
-def path(text: str) -> Path:
+def path(text: str) -> Path | Secret:
     """A checked path; ``text`` must already be a single path token."""
-    root = text.split(".", 1)[0]
+    root, _, rest = text.partition(".")
     if root not in ROOTS:
         raise TemplateError(f"unknown root {root!r} (allowed: {', '.join(sorted(ROOTS))})")
+    if root == "secrets":
+        if not SECRET_NAME.fullmatch(rest):
+            raise TemplateError(f"invalid secret reference {text!r}: write secrets.NAME, NAME of A-Z a-z 0-9 _")
+        return Secret(rest)
     return Path(text)
 
 
@@ -252,7 +280,7 @@ def parse_expression(text: str) -> Node:
     return node
 
 
-def parse_path(text: str) -> Path:
+def parse_path(text: str) -> Path | Secret:
     tokens = tokenize(text)
     if not tokens:
         raise TemplateError("empty expression")

@@ -39,7 +39,9 @@ STREAMS = r".*/stream$"
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
-    env = {"FOLDFLOW_JWT_SECRET": SECRET, "FOLDFLOW_API_START_WAIT_MS": "200"}
+    # Fuzzed services point anywhere: their health checks may reach loopback only.
+    env = {"FOLDFLOW_JWT_SECRET": SECRET, "FOLDFLOW_API_START_WAIT_MS": "200",
+           "FOLDFLOW_HTTP_DENY": "0.0.0.0/0,::/0", "FOLDFLOW_HTTP_ALLOW": "127.0.0.0/8,::1/128"}
     with ApiStack(redis_url, tmp_path_factory.mktemp("fuzz"), env=env) as running:
         yield running
 

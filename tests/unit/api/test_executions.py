@@ -345,3 +345,41 @@ def test_the_spec_links_a_start_to_the_execution_routes(fake_settings: Settings)
                        for link in links.values())
             assert "getExecution" in {link["operationId"] for link in links.values()}
     scenario(fake_settings, body)
+
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+REMOTE = {"name": "remote", "version": "1", "definition": {"steps": [
+    {"name": "call", "step_type": "service_call", "service": "nobody-serves-this"}]}}
+
+
+def test_a_start_carries_its_traceparent_header_and_refuses_a_bad_one(fake_settings: Settings) -> None:
+    async def body(http: httpx.AsyncClient, client: Client) -> None:
+        bad = await http.post("/executions", json={"workflow_id": "waits", "execution_id": "trace-bad"},
+                              headers={"traceparent": "00-nope-01"})
+        assert bad.status_code == 400 and bad.headers["content-type"].startswith("application/problem+json")
+        assert "invalid traceparent" in bad.json()["detail"]
+        assert (await http.get("/executions/trace-bad")).status_code == 404  # nothing sent
+        ok = await http.post("/executions", json={"workflow_id": "waits", "execution_id": "trace-ok"},
+                             headers={"traceparent": TRACE})
+        assert ok.status_code == 200, ok.text
+        assert (await client.state("trace-ok")).traceparent == TRACE
+    scenario(fake_settings, body)
+
+
+def test_the_steps_view_shows_the_call_meta_of_each_attempt(fake_settings: Settings) -> None:
+    async def body(http: httpx.AsyncClient, client: Client) -> None:
+        await client.register(REMOTE)
+        assert (await http.post("/executions", json={"workflow_id": "remote", "execution_id": "r-1"})).status_code == 200
+        call = {"method": "POST", "url": "http://svc.test/x", "status": 201, "duration_ms": 7,
+                "headers": {"content-type": "application/json"}, "body": '{"id": 1}'}
+        await client.send("step.completed", "r-1", {"step": "call", "attempt": 1, "output": {"id": 1}, "call": call})
+        await status_of(http, "r-1", "completed")
+
+        async def steps() -> Any:
+            return (await http.get("/executions/r-1/steps")).json()["steps"]
+        found = await eventually(steps, what="the call in the steps view",
+                                 ok=lambda s: s and s[0]["attempts"] and s[0]["attempts"][0].get("call"))
+        assert found[0]["attempts"][0]["call"] == call
+        retries = (await http.get("/executions/r-1/steps/call/retries")).json()
+        assert retries["attempts"][0]["call"] == call
+    scenario(fake_settings, body)
