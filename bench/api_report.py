@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import summary
+from .harness import replace_section, summary
 
 BEGIN = "<!-- bench.api: begin (python -m bench.api writes this section) -->"
 END = "<!-- bench.api: end -->"
@@ -215,14 +215,7 @@ def section(doc: dict[str, Any]) -> str:
 
 
 def update_results_md(path: Path, doc: dict[str, Any]) -> None:
-    text = path.read_text() if path.exists() else "# foldflow benchmark results\n"
-    new = section(doc)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + new.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + new
-    path.write_text(text)
+    replace_section(path, BEGIN, END, section(doc))
 
 
 METHOD = """\

@@ -26,7 +26,7 @@ from engine.config import Settings
 from engine.dev.embedded import free_port
 from engine.store.keys import Keys
 
-from .harness import CLK_TCK, ROOT, bench_settings, info, proc_cpu_seconds, wait_for_leases, worker_env
+from .harness import CLK_TCK, ROOT, bench_settings, info, proc_cpu_seconds, stop_processes, wait_for_leases, worker_env
 
 QUEUE = "bench-api-idle"
 WORKFLOW = {"name": "bench-api-one-step", "version": "1", "description": "one step, served by nothing",
@@ -101,15 +101,7 @@ class BenchStack:
         return out
 
     async def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(list(self.procs.values()), 10)
         await self.client.close()
         await self.redis.aclose()
 

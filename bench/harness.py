@@ -196,3 +196,28 @@ async def wait_for_task_groups(redis: aioredis.Redis, keys: Keys, queue: str, ti
         if time.monotonic() > deadline:
             raise RuntimeError(f"activity worker did not start within {timeout}s")
         await asyncio.sleep(0.05)
+
+
+def replace_section(path: Path, begin: str, end: str, new: str) -> None:
+    """Put ``new`` (which starts with ``begin`` and ends with ``end``) in place of that section of
+    RESULTS.md, or append it: each bench owns its section and leaves the rest as it was."""
+    text = path.read_text() if path.exists() else "# foldflow benchmark results\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + new.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + new
+    path.write_text(text)
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM each, then wait; whoever does not leave within ``timeout`` is killed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
