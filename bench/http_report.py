@@ -19,32 +19,32 @@ WHO = ("service", "engine", "activities", "redis", "load_generator", "other")
 # Read from the full run of 2026-12-03 14:25 UTC and the quiet one of 14:05; edit after a new full run
 # (shown only under a full run's figures).
 NOTES: list[str] = [
-    "What limits the HTTP path here (run of 2026-12-03 14:25 UTC, with about one of the two cores taken by other "
-    "work on the box, the `other` column; a full run at 14:05 on a quiet box gave 10,814 requests/s for the "
-    "ceiling, 5,570 steps/s with handlers and 2,415 over HTTP: 43% and 22%, before p99 0.60 ms, after p99 31.5 ms):",
+    "What limits the HTTP path here (run of 2026-12-03 15:05 UTC on a quiet box; an earlier run at 14:25 with about "
+    "one core taken by other work gave 39% and 20%):",
     "",
-    "- **Neither goal is met: HTTP is 39-43% of the Python-handler path (goal 50%) and 20-22% of the bare client "
-    "loop (goal 60%).** The box is CPU-bound, not slot-bound: at the same machine load, FOLDFLOW_CONCURRENCY=32 gave "
-    "the same HTTP steps/s as 64 (1,339 against 1,362). The throughput ratio follows the CPU per step of the whole "
-    "pipeline: about 0.78 ms with HTTP (activity worker 0.36, engine 0.20, Redis 0.09, the service 0.09) against "
-    "0.29 ms with handlers (0.07, 0.14, 0.06): 37%.",
+    "- **Neither goal is met: HTTP is 46% of the Python-handler path (goal 50%) and 23% of the bare client loop "
+    "(goal 60%).** The box is CPU-bound, not slot-bound (FOLDFLOW_CONCURRENCY=32 gave the same HTTP steps/s as 64). "
+    "The throughput ratio follows the CPU per step of the whole pipeline: 0.83 ms with HTTP (activity worker 0.36, "
+    "engine 0.22, Redis 0.10, the service 0.10, load generator 0.05) against 0.34 ms with handlers (0.09, 0.16, "
+    "0.07, none, 0.02).",
     "- **The 60%-of-ceiling goal is out of reach on this box whatever the executor does**: the Python-handler path, "
-    "which makes no HTTP call at all, is itself only 52-53% of the ceiling, because the bare loop costs 0.15 ms of "
-    "CPU per request (client 0.095, service 0.055) and the engine worker and Redis alone cost 0.2 ms per step.",
-    "- **The executor's own time is small before the request** (p50 0.04 ms; p99 0.6-1.2 ms, the event loop's "
-    "turns under load) **and all but ~0.1 ms of `after` is the result script awaited** (4a): the same batched "
-    "report (engine/store/batching.py) the handler path makes, waiting for the batch in flight and for the loop. "
-    "It costs no CPU and, per the concurrency test above, does not set the throughput; it makes the p99.",
-    "- **Where the activity worker's extra 0.23-0.29 ms per step goes** (py-spy above): the bare aiohttp loop needs "
-    "0.095 ms per request, so about 0.15-0.2 ms is the executor's own work around it. Visible in the profile: socket "
-    "writes of the request (`StreamWriter.writelines`, 7-17% own time), `engine/workers/http/request.py` `build` "
-    "(3-4%), the address policy parsing the host with `ipaddress` on every call (1.6-2.7%: cacheable per host), "
-    "two Prometheus `labels()` look-ups per call (1.8%: bind the two children once), the `call` record "
-    "(`_result`, response headers copied and redacted).",
-    "- **The `call` record also costs downstream**: every result carries method, URL, status, up to 32 response "
-    "headers and the start of the body, so the engine folds and writes more (+0.05 ms per step over handlers) and "
-    "Redis stores more (+0.03 ms). Keeping less for a 2xx (headers only on failure, or a short allow-list) is the "
-    "cheapest win across all three processes.",
+    "which makes no HTTP call at all, is itself only 51% of the ceiling, because the bare loop costs 0.18 ms of CPU "
+    "per request (client 0.11, service 0.07) and the engine worker and Redis alone cost 0.23 ms per step.",
+    "- **The executor's own time is small before the request** (p50 0.02 ms, p99 0.4 ms: the event loop's turns "
+    "under load) **and all but ~0.1 ms of `after` is the result script awaited** (4a): the same batched report "
+    "(engine/store/batching.py) the handler path makes, waiting for the batch in flight. It sets the p99, not the "
+    "throughput.",
+    "- **Where the activity worker's time goes** (py-spy, `--profile`, a separate run at 2,267 steps/s): aiohttp's "
+    "request machinery (`ClientSession._request` 25% inclusive: writes, timeout handles, the connector) and the event "
+    "loop itself (7% own) dominate; the executor's own functions are 2-3% each (`build` 2.4%, `call` 2.3%, `_hops` "
+    "2.6%), the result reports 8%. Changed after the first run (43% -> 46% on a quiet box): the address policy "
+    "caches its verdict per host, the two Prometheus children are bound once, a request that follows no redirect "
+    "uses aiohttp's own total timeout instead of a second `asyncio.timeout`, and hop-by-hop, `Date` and `Server` "
+    "headers are no longer recorded in the step's `call`.",
+    "- **What is left**: the engine's extra 0.05 ms per step folds and writes the `call` record (status, headers, "
+    "the start of the body: the step history the issue asks for); aiohttp's per-request CPU (0.11 ms in the bare "
+    "loop) is the floor of any executor built on it. A second executor process would add throughput only on a box "
+    "with cores to spare.",
 ]
 
 

@@ -24,6 +24,7 @@ from engine.outbound.settings import Network
 DEFAULT_DENY: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in (
     "169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32", "192.0.0.192/32",
 ))
+_HOSTS_CACHED = 4096
 METADATA_NAMES = frozenset({"metadata.google.internal", "metadata.goog", "metadata", "instance-data",
                             "instance-data.ec2.internal"})
 
@@ -36,6 +37,7 @@ class AddressPolicy:
     def __init__(self, allow: list[Network] | None = None, deny: list[Network] | None = None) -> None:
         self.allow = list(allow or ())
         self.deny = [*DEFAULT_DENY, *(deny or ())]
+        self._hosts: dict[str, str | None] = {}  # host as written -> why it is refused (None: allowed)
 
     def refusal(self, address: str) -> str | None:
         """Why this address is refused, or None when it is allowed."""
@@ -55,12 +57,21 @@ class AddressPolicy:
 
     def check_host(self, host: str) -> None:
         """The URL's host itself: an IP literal, or a well-known metadata name."""
+        why = self._hosts.get(host, False)
+        if why is False:
+            why = self._host_refusal(host)
+            if len(self._hosts) >= _HOSTS_CACHED:  # a policy never changes: only the cache's size is bounded
+                self._hosts.clear()
+            self._hosts[host] = why
+        if why is not None:
+            raise AddressRefused(why)
+
+    def _host_refusal(self, host: str) -> str | None:
         bare = host.strip("[]").rstrip(".").lower()
         if bare in METADATA_NAMES and not self.allow:
-            raise AddressRefused(f"host {host!r} is a cloud metadata name")
+            return f"host {host!r} is a cloud metadata name"
         why = self.refusal(bare)
-        if why is not None:
-            raise AddressRefused(f"host {host!r}: {why}")
+        return None if why is None else f"host {host!r}: {why}"
 
 
 class GuardedResolver(AbstractResolver):

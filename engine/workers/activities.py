@@ -156,7 +156,8 @@ class ActivityWorker:
         if self.observer is None:
             self.observer = ActivityObserver(metrics)
         if self.http is not None:
-            self.http.observe = lambda phase, seconds: metrics.http_overhead.labels(phase).observe(seconds)
+            phases = {phase: metrics.http_overhead.labels(phase) for phase in ("before", "after")}
+            self.http.observe = lambda phase, seconds: phases[phase].observe(seconds)
 
     def counters(self) -> dict[str, int]:
         counts = {"completed": self.completed, "failed": self.failed, "stale": self.stale,

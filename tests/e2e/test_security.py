@@ -34,11 +34,13 @@ from engine.dev.embedded import free_port
 from engine.errors import InvalidInput, PoisonMessage, UnknownInstance
 from engine.store.connection import connect
 from engine.store.keys import Keys
+from engine.store.services import ServiceRegistry
 from engine.workers.activities import ActivityWorker, Registry
 from engine.workers.engine import EngineWorker
 from engine.workers.router import decode_event_fields
 from projections.queries import Queries
 from tests.support.helpers import check_history
+from tests.support.http_services import ServiceFarm
 from tests.support.poll import eventually, run, wait_for
 from tests.support.tools import ROOT, WORKER_KNOBS, foldflow_env, missing, require_redis_server, require_tool, spawn
 
@@ -184,6 +186,28 @@ def test_every_role_runs_as_its_own_acl_user(acl_server: AclServer, agent_exampl
     assert not [e for e in refusals() if e.get("username") == "ff-api"], refusals()
 
 
+async def _call_over_http(url: Callable[[str], str], settings: Settings, tag: str) -> None:
+    """A service registered by the admin, called by `activities --http` running as ff-activities."""
+    with ServiceFarm() as farm:
+        echo = farm.add("acl-echo").route("POST", "/echo", lambda seen: (200, {"echoed": seen.body}))
+        admin = connect(url("admin"))
+        try:
+            await ServiceRegistry(admin, Keys(settings.prefix, settings.partitions)).register(
+                {"name": "acl-echo", "instances": [echo.url], "health": {"interval_ms": 1000}})
+        finally:
+            await admin.aclose()
+        admin_client = Client.from_url(url("admin"), settings)
+        definition, _ = await admin_client.register({"name": f"{tag}-http", "version": "1", "steps": [
+            {"name": "echo", "type": "service_call", "service": "acl-echo", "endpoint": "/echo",
+             "payload": {"n": 1}}]})
+        await admin_client.close()
+        client = Client.from_url(url("client"), settings)
+        iid = await client.start(definition.name, {}, instance_id=f"{tag}-http-1")
+        final = await client.wait(iid, timeout=30)
+        await client.close()
+        assert final.status == "completed" and echo.requests("POST", "/echo")[0].body == {"n": 1}
+
+
 def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_path: Path, instances: int,
                           tag: str, refusals: Callable[[], Any]) -> None:
     """The agent example with every role as its own user (``url(role)``): engine, activity worker
@@ -192,7 +216,7 @@ def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_p
     those users, a clean SIGTERM, and the engine's housekeeping as the engine user. A `foldflow api`
     process runs as its user too, driven over HTTP (_drive_api)."""
     settings = Settings(redis_url=url("client"), prefix="ff", partitions=8, block_ms=50)
-    ports = {role: free_port() for role in ("engine", "activities", "projector")}
+    ports = {role: free_port() for role in ("engine", "activities", "projector", "http")}
     api_port = free_port()
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -208,6 +232,9 @@ def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_p
                                     role_env(url("activities"), ports["activities"]), tmp_path / "activities.log")
         procs["projector"] = spawn(["projector", "--trim-every", "0.5"],
                                    role_env(url("projector"), ports["projector"]), tmp_path / "projector.log")
+        # The HTTP executor as the activity user: the registry, health checks and a real call.
+        procs["http"] = spawn(["activities", "--http"], {**role_env(url("activities"), ports["http"]),
+                                                         "FOLDFLOW_HTTP_REFRESH_MS": "200"}, tmp_path / "http.log")
         procs["api"] = spawn(["api", "--port", str(api_port)],
                              {**role_env(url("api"), 0), "FOLDFLOW_API_HEARTBEAT_S": "0.5"}, tmp_path / "api.log")
         client = Client.from_url(url("client"), settings)
@@ -268,6 +295,7 @@ def every_role_end_to_end(url: Callable[[str], str], agent_example: bytes, tmp_p
         await reader.close()
 
         await _drive_api(f"http://127.0.0.1:{api_port}", tag, procs["api"], logs, refusals)
+        await _call_over_http(url, settings, tag)
 
         # Health and metrics of every role work under its user (readiness: scripts loaded,
         # groups exist; /metrics refreshes every Redis gauge, foldflow_redis_up says it did).

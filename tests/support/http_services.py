@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -96,14 +97,22 @@ class ServiceFarm:
         for service in self.services.values():
             if service.runner is not None:
                 self._run(service.runner.cleanup())
+        # Handlers a test left hanging (a held or slow answer): cancelled and awaited here, or the
+        # loop's garbage collection logs "Task was destroyed" into whatever test runs next.
+        self._run(_cancel_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
     def _run(self, coro: Awaitable[Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
 
-    def add(self, name: str, port: int | None = None) -> FakeService:
+    def add(self, name: str, port: int | None = None, tls: ssl.SSLContext | None = None) -> FakeService:
+        """A service on a loopback port: HTTPS with ``tls`` (its server context), else HTTP."""
         service = FakeService(name, port or free_port())
+        if tls is not None:
+            service.url = service.url.replace("http://", "https://")
 
         async def start() -> None:
             app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -111,7 +120,7 @@ class ServiceFarm:
             # A handler a test holds (a hung service) must not hold the farm's shutdown.
             service.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await service.runner.setup()
-            await web.TCPSite(service.runner, "127.0.0.1", service.port).start()
+            await web.TCPSite(service.runner, "127.0.0.1", service.port, ssl_context=tls).start()
 
         self._run(start())
         self.services[name] = service
@@ -123,3 +132,10 @@ class ServiceFarm:
         if service.runner is not None:
             self._run(service.runner.cleanup())
             service.runner = None
+
+
+async def _cancel_the_rest() -> None:
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)

@@ -206,6 +206,7 @@ def test_environment_url_resolves_when_the_registry_does_not(svc: FakeService) -
         assert directory.source("planning-system") == "env" and directory.source("nobody") is None
     finally:
         rig.run(rig.executor.close())
+        rig.loop.close()
     assert command == "step.completed" and data["output"] == {"prepared": True}
 
 
@@ -246,6 +247,7 @@ def test_a_denied_range_is_refused_and_allow_reopens_it(svc: FakeService) -> Non
             command, data = rig.call(service="x", http={"url": svc.url.replace("127.0.0.1", "localhost")})
         finally:
             rig.run(rig.executor.close())
+            rig.loop.close()
         assert command == expected, data
 
 
@@ -312,3 +314,34 @@ def test_an_idle_reader_yields_to_the_loop() -> None:
         return yielded
 
     assert asyncio.run(main())
+
+
+def test_tls_is_verified_with_the_services_ca_bundle_and_client_certificate(tmp_path: Any, farm: ServiceFarm) -> None:
+    import ssl
+
+    from tests.e2e.test_security import make_certificates, make_client_certificate
+    from tests.support.tools import require_tool
+
+    require_tool("openssl", "the TLS test makes its own CA and certificates")
+    ca, cert, key = make_certificates(tmp_path)
+    client_cert, client_key = make_client_certificate(tmp_path, tmp_path / "client")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca))
+    server.load_cert_chain(str(cert), str(key))
+    server.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the service wants the caller's certificate
+    svc = farm.add("tls-service", tls=server)
+    svc.route("POST", "/do", lambda s: (200, {"over": "tls"}))
+    rig = make_rig()
+    try:
+        register(rig, svc.url)  # no CA bundle: the service's certificate is not trusted
+        command, data = rig.call()
+        assert command == "step.failed" and data["error"]["retryable"] is False and "TLS" in data["error"]["message"]
+        record = rig.run(rig.registry.get("svc"))
+        assert record is not None
+        rig.run(rig.registry.update("svc", {"instances": [svc.url], "tls": {
+            "ca_bundle": str(ca), "client_cert": str(client_cert), "client_key": str(client_key)}}))
+        rig.refresh()
+        command, data = rig.call()
+        assert command == "step.completed" and data["output"] == {"over": "tls"}, data
+    finally:
+        rig.run(rig.executor.close())
+        rig.loop.close()

@@ -35,6 +35,7 @@ CALL_BODY_CHARS = 2048  # the start of a response body kept in the step's histor
 CALL_HEADERS = 32
 MAX_REDIRECTS = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_UNKEPT = frozenset({"connection", "keep-alive", "transfer-encoding", "date", "server"})
 
 
 class Failure(Exception):
@@ -130,7 +131,9 @@ class HttpExecutor:
         """Send it (following redirects when allowed) and read the answer; a Failure when it could not."""
         what = f"{request.method} {request.shown_url}"
         try:
-            async with asyncio.timeout(timeout_ms / 1000):
+            if not request.follow_redirects:  # one request: aiohttp's own total timeout bounds it
+                return await self._hops(request, target, timeout_ms)
+            async with asyncio.timeout(timeout_ms / 1000):  # the hops share one deadline
                 return await self._hops(request, target, timeout_ms)
         except Failure:
             raise
@@ -152,7 +155,8 @@ class HttpExecutor:
     async def _hops(self, request: Request, target: Target, timeout_ms: int
                     ) -> tuple[int, str, Mapping[str, str], bytes, float]:
         assert self.session is not None, "open() the executor first"
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(self.http.connect_timeout_ms, timeout_ms) / 1000)
+        timeout = aiohttp.ClientTimeout(total=None if request.follow_redirects else timeout_ms / 1000,
+                                        sock_connect=min(self.http.connect_timeout_ms, timeout_ms) / 1000)
         method, url, headers, body = request.method, URL(request.url), dict(request.headers), request.body
         origin = url.origin()
         for hop in range(MAX_REDIRECTS + 1):
@@ -205,7 +209,12 @@ def _statuses(http: Mapping[str, Any], key: str) -> frozenset[int]:
 
 
 def _headers(headers: Mapping[str, str], secrets: Secrets) -> dict[str, str]:
+    """The response headers kept in the step's history: hop-by-hop ones and Date/Server left out."""
     out: dict[str, str] = {}
-    for name, value in list(headers.items())[:CALL_HEADERS]:
+    for name, value in headers.items():
+        if name.lower() in _UNKEPT:
+            continue
         out[str(name)] = secrets.redact(str(value)[:200])  # istr keys: orjson takes only str
+        if len(out) == CALL_HEADERS:
+            break
     return out

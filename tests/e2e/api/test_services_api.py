@@ -5,7 +5,6 @@ loopback ports (healthy, failing, stalling) and to a port nobody listens on."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,58 +12,24 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
-from aiohttp import web
 
 from engine.dev.embedded import free_port
 from tests.support.api_stack import ApiStack
-
-
-class Upstreams:
-    """aiohttp services on loopback, in a thread with a loop of their own: /ok answers 200,
-    /fail 503, /slow after 3 s."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.port = free_port()
-        self.hits: dict[str, int] = {}
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _answer(self, request: web.Request) -> web.Response:
-        self.hits[request.path] = self.hits.get(request.path, 0) + 1
-        if request.path == "/slow":
-            await asyncio.sleep(3)
-        return web.Response(status=503 if request.path == "/fail" else 200, text=f"{request.path} here")
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
-        for path in ("/ok", "/fail", "/slow"):
-            app.router.add_get(path, self._answer)
-        self.runner = web.AppRunner(app)
-        self.loop.run_until_complete(self.runner.setup())
-        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self.loop.run_forever()
-
-    def __enter__(self) -> Upstreams:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
+from tests.support.http_services import FakeService, Seen, ServiceFarm
 
 
 @pytest.fixture(scope="module")
-def upstreams() -> Iterator[Upstreams]:
-    with Upstreams() as running:
+def upstreams() -> Iterator[FakeService]:
+    """aiohttp services on loopback: /ok answers 200, /fail 503, /slow after 3 s."""
+    async def slow(seen: Seen) -> tuple[int, str]:
+        await asyncio.sleep(3)
+        return 200, "/slow here"
+
+    with ServiceFarm() as farm:
+        running = farm.add("upstreams")
+        running.route("GET", "/ok", lambda seen: (200, "/ok here"))
+        running.route("GET", "/fail", lambda seen: (503, "/fail here"))
+        running.route("GET", "/slow", slow)
         yield running
 
 
@@ -72,7 +37,7 @@ def name() -> str:
     return f"svc-{uuid.uuid4().hex[:8]}"
 
 
-def test_register_read_check_update_remove(stack: ApiStack, upstreams: Upstreams) -> None:
+def test_register_read_check_update_remove(stack: ApiStack, upstreams: FakeService) -> None:
     api, svc = stack.url, name()
     closed = f"http://127.0.0.1:{free_port()}"
     made = httpx.post(api + "/services", json={
@@ -117,7 +82,7 @@ def test_register_read_check_update_remove(stack: ApiStack, upstreams: Upstreams
     assert not r.exists("{%s:svc}:checks:%s" % (stack.prefix, record["id"]))
 
 
-def test_a_stalling_instance_is_answered_within_the_check_timeout(stack: ApiStack, upstreams: Upstreams) -> None:
+def test_a_stalling_instance_is_answered_within_the_check_timeout(stack: ApiStack, upstreams: FakeService) -> None:
     svc = name()
     assert httpx.post(stack.url + "/services", json={
         "name": svc, "instances": [upstreams.url],
@@ -130,7 +95,7 @@ def test_a_stalling_instance_is_answered_within_the_check_timeout(stack: ApiStac
     assert second["status"] == "critical"  # the second failure in a row
 
 
-def test_refusals_are_problems_naming_what(stack: ApiStack, upstreams: Upstreams) -> None:
+def test_refusals_are_problems_naming_what(stack: ApiStack, upstreams: FakeService) -> None:
     api, svc = stack.url, name()
     assert httpx.post(api + "/services", json={"name": svc, "instances": [upstreams.url]}).status_code == 201
     taken = httpx.post(api + "/services", json={"name": svc, "instances": [upstreams.url]})
@@ -150,7 +115,7 @@ def test_refusals_are_problems_naming_what(stack: ApiStack, upstreams: Upstreams
     assert httpx.delete(f"{api}/services/{uuid.uuid4()}").status_code == 404
 
 
-def test_listing_pages_and_filters(stack: ApiStack, upstreams: Upstreams) -> None:
+def test_listing_pages_and_filters(stack: ApiStack, upstreams: FakeService) -> None:
     tag = f"t-{uuid.uuid4().hex[:6]}"
     names = sorted(f"list-{tag}-{i}" for i in range(3))
     for svc in names:
