@@ -27,14 +27,14 @@ from engine.core.model import Task
 from engine.ops.logs import configure_logging
 from engine.outbound.settings import http_settings
 from engine.runtime.lifecycle import serve
-from engine.store.connection import connect
+from engine.store.connection import connect, pool_size
 from engine.workers.activities import ActivityWorker
 from engine.workers.http.serving import HttpServing
 
 
 async def run(samples: Path) -> int:
     settings = from_env()
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, max_connections=pool_size(settings.concurrency))
     serving = HttpServing(client, settings, http_settings())
     worker = ActivityWorker(client, settings, http=serving)
     report_s = _time_reports(worker)

@@ -23,7 +23,7 @@ from engine.runtime.lifecycle import (
     add_setting_flags,
     setting_flags,
 )
-from engine.store.connection import connect
+from engine.store.connection import connect, pool_size
 from engine.store.errors import ANY_REDIS_ERROR
 
 
@@ -174,7 +174,7 @@ async def _serve(make: Callable[[Any, Settings], Any], args: argparse.Namespace)
     from engine.runtime.lifecycle import serve
 
     settings = _settings(args)  # every problem with the settings, at start
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, max_connections=pool_size(settings.concurrency))
     try:
         # Metrics + health (FOLDFLOW_METRICS_PORT), heartbeat, graceful SIGTERM/SIGINT.
         return await serve(make(client, settings), client, settings)

@@ -96,6 +96,13 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
         raise ConfigError(f"the Redis URL has an option {kind} client does not take: {option!r}") from None
 
 
+def pool_size(concurrency: int) -> int:
+    """Connections a worker's pool may open: each running activity may hold one for its breaker
+    and one for its report at once, and redis-py's default pool of 100 refused them past a
+    FOLDFLOW_CONCURRENCY of about 100 ("Too many connections": the worker stalled)."""
+    return max(100, 2 * concurrency + 16)
+
+
 def connect_blocking(url: str, max_connections: int, *, read_timeout_s: float, **kwargs: Any) -> aioredis.Redis:
     """A client whose pool waits for a free connection rather than failing past its size:
     the API's request client, and its client for blocking reads (XREAD BLOCK).
