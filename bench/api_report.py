@@ -5,12 +5,11 @@ after which `python -m bench.api report` puts this section back."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-from .harness import replace_section, summary
+from .harness import replace_section, summary, table_row
 
 BEGIN = "<!-- bench.api: begin (python -m bench.api writes this section) -->"
 END = "<!-- bench.api: end -->"
@@ -43,18 +42,6 @@ NOTES: list[str] = [
 ]
 
 
-def _f(v: float | None, digits: int = 0) -> str:
-    return "–" if v is None or math.isnan(v) else f"{v:,.{digits}f}"
-
-
-def _row(label: str, values: list[float | None], unit: str, digits: int = 0, note: str = "") -> str:
-    s = summary([v for v in values if v is not None and not math.isnan(v)])
-    if not s:
-        return f"| {label} | – | – | – | {unit} | 0 | {note} |"
-    return (f"| {label} | {_f(s['median'], digits)} | {_f(s['min'], digits)} | {_f(s['max'], digits)} | {unit} | "
-            f"{int(s['n'])} | {note} |")
-
-
 def _result(res: dict[str, Any], key: str, notes: list[str]) -> Any:
     item = res.get(key) or {}
     if "result" in item:
@@ -77,7 +64,7 @@ def _throughput_rows(t: dict[str, Any]) -> list[str]:
     rows = [("ceiling: bare endpoint, one XADD", "ceiling"),
             ("POST /executions (answers once the engine applied the start)", "api"),
             ("POST /executions?wait_ms=0 (answers once the command is queued)", "api_wait0")]
-    return [_row(f"1. {label}, closed loop, {c} keep-alive connections", [r["per_s"] for r in t[key]],
+    return [table_row(f"1. {label}, closed loop, {c} keep-alive connections", [r["per_s"] for r in t[key]],
                  "requests/s", note=_statuses(t[key][-1])) for label, key in rows if key in t]
 
 
@@ -88,7 +75,7 @@ def _latency_rows(res: dict[str, Any], skipped: list[str]) -> list[str]:
         out += _open_rows(f"2. {labels[r['target']]}", r)
     if (rd := _result(res, "read_latency", skipped)):
         t = rd["throughput"]
-        out.append(_row(f"3. GET /executions/{{execution_id}}, closed loop, {t['concurrency']} connections",
+        out.append(table_row(f"3. GET /executions/{{execution_id}}, closed loop, {t['concurrency']} connections",
                         [t["per_s"]], "requests/s", note=f"{rd['distinct_executions']:,} executions; {_statuses(t)}"))
         for r in rd["open"]:
             out += _open_rows("3. GET /executions/{execution_id}", r)
@@ -101,13 +88,13 @@ def _latency_rows(res: dict[str, Any], skipped: list[str]) -> list[str]:
             if r.get("cut_off_while_measured"):
                 got += "; cut off while measured: " + "; ".join(
                     f"{v} × {k}" for k, v in r["cut_off_while_measured"].items())
-            out += [_row(f"4. SSE append → received, {int(n):,} subscribers, p50", [r["p50_ms"]], "ms", 2, got),
-                    _row(f"4. SSE append → received, {int(n):,} subscribers, p99", [r["p99_ms"]], "ms", 2)]
+            out += [table_row(f"4. SSE append → received, {int(n):,} subscribers, p50", [r["p50_ms"]], "ms", 2, got),
+                    table_row(f"4. SSE append → received, {int(n):,} subscribers, p99", [r["p99_ms"]], "ms", 2)]
         big = max((n for n in fan if fan[n].get("connected", 1)), key=int, default=None)
         if big is None:
             return out
         r = fan[big]
-        out.append(_row(f"4. API RSS per idle SSE subscription ({r.get('connected', int(big)):,} open)",
+        out.append(table_row(f"4. API RSS per idle SSE subscription ({r.get('connected', int(big)):,} open)",
                         [r["rss_per_idle_subscription_bytes"]], "bytes",
                         note=f"RSS {r['rss_before_bytes'] / 2**20:,.1f} → {r['rss_idle_bytes'] / 2**20:,.1f} MiB"))
     return out
@@ -115,8 +102,8 @@ def _latency_rows(res: dict[str, Any], skipped: list[str]) -> list[str]:
 
 def _open_rows(label: str, r: dict[str, Any]) -> list[str]:
     at = f"offered {r['offered_per_s']:,.0f}/s, achieved {r['achieved_per_s']:,.0f}/s"
-    return [_row(f"{label} p50 ({at})", [r["p50_ms"]], "ms", 2, _statuses(r)),
-            _row(f"{label} p99 ({at})", [r["p99_ms"]], "ms", 2)]
+    return [table_row(f"{label} p50 ({at})", [r["p50_ms"]], "ms", 2, _statuses(r)),
+            table_row(f"{label} p99 ({at})", [r["p99_ms"]], "ms", 2)]
 
 
 def _at_goal_rate(items: list[dict[str, Any]], rate: float) -> float | None:

@@ -91,14 +91,7 @@ class BenchStack:
 
     async def cpu(self) -> dict[str, float]:
         """CPU seconds so far of each process, Redis and this load generator."""
-        out = {name: proc_cpu_seconds(p.pid) for name, p in self.procs.items()}
-        cpu = await info(self.redis, "cpu")
-        out["redis"] = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        out["load_generator"] = usage.ru_utime + usage.ru_stime
-        out["machine"] = machine_busy_seconds()
-        out["wall"] = time.monotonic()
-        return out
+        return await cpu_seconds(self.redis, {name: p.pid for name, p in self.procs.items()})
 
     async def stop(self) -> None:
         stop_processes(list(self.procs.values()), 10)
@@ -115,6 +108,18 @@ class BenchStack:
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.stop()
+
+
+async def cpu_seconds(redis: aioredis.Redis, pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named pid, Redis, this process and the machine, and the wall clock."""
+    out = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+    cpu = await info(redis, "cpu")
+    out["redis"] = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["load_generator"] = usage.ru_utime + usage.ru_stime
+    out["machine"] = machine_busy_seconds()
+    out["wall"] = time.monotonic()
+    return out
 
 
 def machine_busy_seconds() -> float:

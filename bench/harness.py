@@ -4,6 +4,7 @@ CPU accounting from /proc, INFO deltas, and small statistics helpers."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import platform
 import statistics
@@ -221,3 +222,17 @@ def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def fmt(v: float | None, digits: int = 0) -> str:
+    """A figure as RESULTS.md shows it: thousands separated, a dash when there is none."""
+    return "–" if v is None or math.isnan(v) else f"{v:,.{digits}f}"
+
+
+def table_row(label: str, values: list[float | None], unit: str, digits: int = 0, note: str = "") -> str:
+    """One row of a results table: median, min and max of the runs that gave a figure."""
+    s = summary([v for v in values if v is not None and not math.isnan(v)])
+    if not s:
+        return f"| {label} | – | – | – | {unit} | 0 | {note} |"
+    return (f"| {label} | {fmt(s['median'], digits)} | {fmt(s['min'], digits)} | {fmt(s['max'], digits)} | {unit} | "
+            f"{int(s['n'])} | {note} |")

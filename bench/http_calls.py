@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,17 +43,15 @@ from engine.dev.embedded import RedisServer, free_port
 from engine.store.keys import Keys
 
 from . import http_profile
-from .api_stack import cores_busy, machine_busy_seconds
+from .api_stack import cores_busy, cpu_seconds
 from .foldflow_cases import _count_completed, start_fields
 from .harness import (
     REDIS_ARGS,
     ROOT,
     Skip,
     bench_settings,
-    info,
     machine_info,
     percentile,
-    proc_cpu_seconds,
     stop_processes,
     versions,
     wait_for_leases,
@@ -133,14 +130,7 @@ class Meter:
         self.redis, self.pids = redis, pids
 
     async def read(self) -> dict[str, float]:
-        out = {name: proc_cpu_seconds(pid) for name, pid in self.pids.items()}
-        cpu = await info(self.redis, "cpu")
-        out["redis"] = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        out["load_generator"] = usage.ru_utime + usage.ru_stime
-        out["machine"] = machine_busy_seconds()
-        out["wall"] = time.monotonic()
-        return out
+        return await cpu_seconds(self.redis, self.pids)
 
 
 def cpu_ms_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:

@@ -5,12 +5,11 @@ section (after `python -m bench report` rewrites the whole file,
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-from .harness import replace_section, summary
+from .harness import replace_section, summary, table_row
 
 BEGIN = "<!-- bench.http_calls: begin (python -m bench.http_calls writes this section) -->"
 END = "<!-- bench.http_calls: end -->"
@@ -48,18 +47,6 @@ NOTES: list[str] = [
 ]
 
 
-def _f(v: float | None, digits: int = 0) -> str:
-    return "–" if v is None or math.isnan(v) else f"{v:,.{digits}f}"
-
-
-def _row(label: str, values: list[float | None], unit: str, digits: int = 0, note: str = "") -> str:
-    s = summary([v for v in values if v is not None and not math.isnan(v)])
-    if not s:
-        return f"| {label} | – | – | – | {unit} | 0 | {note} |"
-    return (f"| {label} | {_f(s['median'], digits)} | {_f(s['min'], digits)} | {_f(s['max'], digits)} | {unit} | "
-            f"{int(s['n'])} | {note} |")
-
-
 def _median(runs: list[dict[str, Any]], field: str) -> float | None:
     s = summary([r[field] for r in runs])
     return s["median"] if s else None
@@ -95,13 +82,13 @@ def _rows(res: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     ceiling, handlers, http = res.get("ceiling") or [], res.get("handlers") or [], res.get("http") or []
     n, c = cfg["instances"], cfg["concurrency"]
     out = [
-        _row(f"1. ceiling: bare aiohttp client loop, {n * 5:,} requests, {c} in flight, one keep-alive session",
+        table_row(f"1. ceiling: bare aiohttp client loop, {n * 5:,} requests, {c} in flight, one keep-alive session",
              [r["per_s"] for r in ceiling], "requests/s", note=_statuses(ceiling[-1]) if ceiling else ""),
-        _row(f"2. Python handlers: {n:,} x 5 steps, 1 engine + 1 `activities --module bench.handlers`",
+        table_row(f"2. Python handlers: {n:,} x 5 steps, 1 engine + 1 `activities --module bench.handlers`",
              [r["steps_per_s"] for r in handlers], "steps/s"),
-        _row(f"3. HTTP service calls: {n:,} x 5 steps, 1 engine + 1 `activities --http`",
+        table_row(f"3. HTTP service calls: {n:,} x 5 steps, 1 engine + 1 `activities --http`",
              [r["steps_per_s"] for r in http], "steps/s"),
-        _row("3. same, instances", [r["instances_per_s"] for r in http], "instances/s"),
+        table_row("3. same, instances", [r["instances_per_s"] for r in http], "instances/s"),
     ]
     labels = {"before": "4. executor's own overhead, task read → request sent",
               "after": "4. executor's own overhead, answer read → result reported",
@@ -115,7 +102,7 @@ def _rows(res: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
             count = "call_samples" if phase == "call" else "samples"
             samples = sum(r["overhead"].get(count, 0) for r in http)
             note = f"{samples:,} calls" if q == 50 and phase in ("before", "call") else ""
-            out.append(_row(f"{label}, p{q}", vals, "ms", 3, note))
+            out.append(table_row(f"{label}, p{q}", vals, "ms", 3, note))
     return out
 
 

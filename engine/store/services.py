@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -308,6 +308,16 @@ def parse_service(body: Any, *, service_id: str, created_at: int, now_ms: int,
     return record
 
 
+def _decode_checks(raw: Mapping[Any, Any]) -> dict[str, InstanceCheck]:
+    out = {}
+    for url, check in raw.items():
+        try:
+            out[text(url)] = _decode_check(check)
+        except msgspec.DecodeError:
+            out[text(url)] = InstanceCheck(url=text(url), output="the stored check does not decode")
+    return out
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -401,13 +411,16 @@ class ServiceRegistry:
 
     async def checks(self, service_id: str) -> dict[str, InstanceCheck]:
         """Each instance's last check by url (instances never checked are not in it)."""
-        out = {}
-        for url, raw in (await self.redis.hgetall(self.keys.service_checks(service_id))).items():
-            try:
-                out[text(url)] = _decode_check(raw)
-            except msgspec.DecodeError:
-                out[text(url)] = InstanceCheck(url=text(url), output="the stored check does not decode")
-        return out
+        return _decode_checks(await self.redis.hgetall(self.keys.service_checks(service_id)))
+
+    async def checks_of(self, service_ids: Sequence[str]) -> dict[str, dict[str, InstanceCheck]]:
+        """``checks`` of many services in one round trip (the keys share one hash tag)."""
+        if not service_ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in service_ids:
+            pipe.hgetall(self.keys.service_checks(sid))
+        return {sid: _decode_checks(raw) for sid, raw in zip(service_ids, await pipe.execute())}
 
     async def record_checks(self, service_id: str, checks: dict[str, InstanceCheck]) -> None:
         if not checks:

@@ -152,7 +152,8 @@ async def list_services(
               if (after is None or r.name > after) and (not name or name.casefold() in r.name)
               and (tag is None or tag in r.tags)]
     page = chosen[:limit]
-    items = [service_view(r, await directory.registry.checks(r.id)) for r in page]
+    checks = await directory.registry.checks_of([r.id for r in page])
+    items = [service_view(r, checks[r.id]) for r in page]
     more = len(chosen) > limit
     return ServicePage(items=items, next_cursor=encode_cursor(page[-1].name) if more else None)
 

@@ -85,8 +85,9 @@ class ServiceDirectory:
             names_changed = set(old) != set(self._known)
         else:
             names_changed = False
+        found = await self.registry.checks_of([known.record.id for known in self._known.values()])
         for name, known in list(self._known.items()):
-            checks = await self.registry.checks(known.record.id)
+            checks = found.get(known.record.id, {})
             self._known[name] = known._replace(checks=checks, turns=_turns(known.record, checks))
         self.refreshes += 1
         return names_changed or changed
