@@ -40,7 +40,7 @@ class Client:
         self.redis = redis
         self.keys = Keys(self.settings.prefix, self.settings.partitions)
         self.store = Store(redis, self.keys)
-        self.catalog = Catalog(self.store)
+        self.catalog = Catalog(self.store, code_nodes=self.settings.code_nodes)
         self.events = EventLog(self.store, self.keys)
 
     @classmethod

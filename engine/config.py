@@ -71,6 +71,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """FOLDFLOW_SHUTDOWN_TIMEOUT_MS: how long SIGTERM waits for in-flight work before leaving it to redelivery."""
     stuck_after_ms: int = 600_000
     """FOLDFLOW_STUCK_AFTER_MS: an instance without progress this long counts as stuck (metric)."""
+    code_nodes: str = "off"
+    """FOLDFLOW_CODE_NODES: "sandbox" lets definitions with code nodes register (run them with
+    `foldflow activities --code`); "off" refuses them."""
 
     def consumer_name(self) -> str:
         return self.consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -105,8 +108,10 @@ _ENV = {
     "heartbeat_ms": "FOLDFLOW_HEARTBEAT_MS",
     "shutdown_timeout_ms": "FOLDFLOW_SHUTDOWN_TIMEOUT_MS",
     "stuck_after_ms": "FOLDFLOW_STUCK_AFTER_MS",
+    "code_nodes": "FOLDFLOW_CODE_NODES",
 }
 LOG_FORMATS = ("text", "json", "kv")
+CODE_NODES = ("off", "sandbox")
 
 
 def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -163,6 +168,9 @@ def _ops_problems(values: dict[str, object], defaults: Settings) -> list[str]:
     fmt = values.get("log_format", defaults.log_format)
     if fmt not in LOG_FORMATS:
         problems.append(f"FOLDFLOW_LOG_FORMAT: must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
+    code_nodes = values.get("code_nodes", defaults.code_nodes)
+    if code_nodes not in CODE_NODES:
+        problems.append(f"FOLDFLOW_CODE_NODES: must be one of {', '.join(CODE_NODES)}, got {code_nodes!r}")
     host = values.get("metrics_host", defaults.metrics_host)
     if not isinstance(host, str) or not host or " " in host:
         problems.append(f"FOLDFLOW_METRICS_HOST: must be an address, got {host!r}")

@@ -48,8 +48,14 @@ async def workflow_view(services: Services, name: str, version: str | None = Non
                     definition=with_step_ids(document, wid))
 
 
+# The one-node workflows POST /api/v1/nodes/{type}/test registers (engine/api/v1/node_test.py): not the
+# user's, so no listing shows them.
+HIDDEN_PREFIX = "foldflow.node-test."
+
+
 async def workflow_names(services: Services) -> list[str]:
-    return sorted(text(n) for n in await services.redis.smembers(services.client.keys.definitions_index))
+    names = (text(n) for n in await services.redis.smembers(services.client.keys.definitions_index))
+    return sorted(n for n in names if not n.startswith(HIDDEN_PREFIX))
 
 
 async def summary(services: Services, name: str) -> WorkflowSummary | None:

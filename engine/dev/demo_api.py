@@ -26,7 +26,7 @@ HOST = "127.0.0.1"
 
 
 def banner(url: str, execution_id: str | None) -> list[str]:
-    lines = [f"\nfoldflow API on {url} (docs at {url}/docs); Ctrl-C to stop. Try:",
+    lines = [f"\nfoldflow API on {url} (docs at {url}/docs, web UI at {url}/ui); Ctrl-C to stop. Try:",
              f"  curl -s {url}/workflows"]
     target = f"{url}/executions/{execution_id}" if execution_id else f"{url}/executions"
     lines.append(f"  curl -s {target}")

@@ -194,8 +194,14 @@ async def cmd_activities(args: argparse.Namespace) -> int:
     sys.path.insert(0, os.getcwd())
     for module in args.module or ():
         import_handlers(module)
-    if not args.http and not args.module:
-        raise ConfigError("activities needs --module (Python handlers) or --http (the HTTP executor), or both")
+    if not args.http and not args.module and not args.code:
+        raise ConfigError("activities needs --module (Python handlers), --http (the HTTP executor) or --code "
+                          "(code nodes in a sandbox), or several of them")
+    code = None
+    if args.code:  # refused (exit 2) unless enabled and the sandbox's preflight holds
+        from engine.workers.code.serving import code_serving
+
+        code = await code_serving(_settings(args))
 
     def make(redis: Any, settings: Settings) -> ActivityWorker:
         serving = None
@@ -204,9 +210,15 @@ async def cmd_activities(args: argparse.Namespace) -> int:
             from engine.workers.http.serving import HttpServing
 
             serving = HttpServing(redis, settings, http_settings())
-        return ActivityWorker(redis, settings, services=args.service or None, http=serving)
+        return ActivityWorker(redis, settings, services=args.service or None, http=serving, code=code)
 
     return await _serve(make, args)
+
+
+async def cmd_bridge(args: argparse.Namespace) -> int:
+    from engine.bridge.bridge import Bridge
+
+    return await _serve(lambda r, s: Bridge(r, s), args)
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
@@ -241,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name")
     x.add_argument("--version")
     x.set_defaults(fn=cmd_definitions_show)
+    from engine.ops.simulate_cli import add_test_command  # definitions test: the in-memory engine
+    add_test_command(dsub)
 
     x = sub.add_parser("start", parents=[sends], help="start an instance; prints its id")
     x.add_argument("workflow")
@@ -292,8 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--http", action="store_true",
                    help="also serve over HTTP every service that resolves through the service registry or "
                         "<SERVICE>_URL (and steps with their own url), while no handler serves it")
+    x.add_argument("--code", action="store_true",
+                   help="also run code nodes (service foldflow.code), each call in a fresh bubblewrap sandbox; "
+                        "needs FOLDFLOW_CODE_NODES=sandbox (docs/code-nodes.md)")
     x.add_argument("--service", action="append", help="serve only these services")
     x.set_defaults(fn=cmd_activities)
+
+    x = sub.add_parser("bridge", parents=[setting_flags(*VERB_SETTINGS["projector"], "max_deliveries",
+                                                        "max_payload_bytes", log_level=True)],
+                       help="run the seed 003 bridge: execution and cancellation requests in, monitoring updates out")
+    x.set_defaults(fn=cmd_bridge)
 
     # The demo takes its Redis from REDIS_URL alone (or embeds one), so only logging applies.
     x = sub.add_parser("demo", parents=[setting_flags("log_format", log_level=True)],

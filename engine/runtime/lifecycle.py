@@ -55,6 +55,7 @@ SETTING_FLAGS: dict[str, tuple[type, str]] = {
     "heartbeat_ms": (int, "worker heartbeat interval (FOLDFLOW_HEARTBEAT_MS)"),
     "shutdown_timeout_ms": (int, "SIGTERM drain limit (FOLDFLOW_SHUTDOWN_TIMEOUT_MS)"),
     "stuck_after_ms": (int, "no progress this long counts as stuck (FOLDFLOW_STUCK_AFTER_MS)"),
+    "code_nodes": (str, "sandbox: definitions with code nodes may register, off: refused (FOLDFLOW_CODE_NODES)"),
 }
 
 # A role's own knobs: only after its verb, as `foldflow worker --batch-size 64`.
@@ -75,7 +76,7 @@ VERB_SETTINGS: dict[str, tuple[str, ...]] = {
                                                     "breaker_cooldown_ms"),
     "projector": CONNECTION + _SERVED + ("claim_idle_ms",),
     "health": CONNECTION + ("metrics_port", "stuck_after_ms"),
-    "api": SENDS + ("log_format", "stuck_after_ms"),
+    "api": SENDS + ("log_format", "stuck_after_ms", "code_nodes"),  # the API registers definitions
 }
 
 

@@ -122,6 +122,18 @@ ACTIVITY_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("http_registry_refreshes", "counter", "foldflow_http_registry_refreshes", "Times the registry's state was re-read."),
 )
 
+BRIDGE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
+    ("requests", "counter", "foldflow_bridge_requests", "Execution and cancellation requests read (and reclaimed)."),
+    ("runs_started", "counter", "foldflow_bridge_runs_started", "Execution requests carried out (a repeat counts again)."),
+    ("cancellations", "counter", "foldflow_bridge_cancellations", "Cancellation requests sent to the engine."),
+    ("requests_dead_lettered", "counter", "foldflow_bridge_dead_lettered",
+     "Requests moved to the bridge's dead-letter stream."),
+    ("bridge_reclaimed", "counter", "foldflow_bridge_reclaimed", "Pending entries claimed from dead bridges."),
+    ("monitor_published", "counter", "foldflow_bridge_monitoring_updates", "Status updates published."),
+    ("monitor_refused", "counter", "foldflow_bridge_monitor_refused",
+     "Run blocks whose guard moved underneath (another bridge): folded again."),
+)
+
 
 class WorkerCollector(Collector):
     """Reads a worker's own counters at scrape time (no hook on its hot path)."""
@@ -142,7 +154,7 @@ class WorkerCollector(Collector):
         up.add_metric([], self.started)
         yield up
         counters = self.runner.counters()
-        for key, kind, name, doc in ENGINE_COUNTERS + ACTIVITY_COUNTERS:
+        for key, kind, name, doc in ENGINE_COUNTERS + ACTIVITY_COUNTERS + BRIDGE_COUNTERS:
             value = counters.get(key)
             if value is not None:
                 fam = _family(kind, name, doc)

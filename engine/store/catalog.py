@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from engine.core.definition import Definition, DefinitionError, canonical_json, document_of, parse_definition, version_sort_key
+from engine.core.formats.gate import code_problems
 from engine.core.ids import encode_shape, filter_shape
 from engine.errors import PoisonMessage, Refused, UnknownWorkflow
 from engine.store.events import Store
@@ -43,8 +44,10 @@ class Head(NamedTuple):
 
 
 class Catalog:
-    def __init__(self, store: Store, max_size: int = 1024) -> None:
+    def __init__(self, store: Store, max_size: int = 1024, *, code_nodes: str = "off") -> None:
+        """``code_nodes``: Settings.code_nodes; only "sandbox" registers definitions that run user code."""
         self.store = store
+        self.code_nodes = code_nodes
         self._parsed: dict[tuple[str, str], Definition] = {}
         self._max = max_size
 
@@ -58,6 +61,8 @@ class Catalog:
         """
         definition = parse_definition(source, fmt=fmt, name=name, version=version)
         doc = dict(document_of(source, fmt=fmt)) if not isinstance(source, Mapping) else dict(source)
+        if self.code_nodes != "sandbox" and (refused := code_problems(doc, definition)):
+            raise DefinitionError(refused)
         # The stored body is the document itself plus the name and version it was
         # registered under, so a bare definition re-parses to the same thing.
         doc["__name__"], doc["__version__"] = definition.name, definition.version

@@ -11,7 +11,9 @@ A handler gets an ``engine.Task`` and returns a JSON-able value (its step's
 output). With an ``HttpExecutor`` (``foldflow activities --http``) the worker also
 serves, over HTTP, every queue whose service resolves through the service registry
 or the environment and for which no live activity worker has a handler; that set
-is re-read while it runs (engine.workers.http.serving). Raising fails the attempt: retryable, unless it raises
+is re-read while it runs (engine.workers.http.serving). With a ``CodeServing``
+(``--code``) it runs the tasks of ``foldflow.code`` in a bubblewrap sandbox, one
+fresh process per call (engine.workers.code). Raising fails the attempt: retryable, unless it raises
 ``engine.StepError(msg, retryable=False)``. A StepError's message is recorded as
 given; any other exception with its type and the handler's line that raised it,
 ``KeyError: 'warehouse_code' (at shop/handlers.py:42 in reserve)``.
@@ -43,6 +45,7 @@ from engine.store.connection import Redis
 from engine.store.events import Store
 from engine.store.keys import ACTIVITY_GROUP, Keys
 from engine.workers.breaker import CircuitBreakers
+from engine.workers.code.serving import CodeServing
 from engine.workers.handler_errors import Handler, handler_error
 from engine.workers.http.serving import HttpServing
 
@@ -99,7 +102,8 @@ class ActivityWorker:
     role = "activities"
 
     def __init__(self, redis: Redis, settings: Settings, *, registry: Registry | None = None,
-                 services: list[str] | None = None, observer: Any = None, http: HttpServing | None = None) -> None:
+                 services: list[str] | None = None, observer: Any = None, http: HttpServing | None = None,
+                 code: CodeServing | None = None) -> None:
         self.observer = observer  # ops: handler metrics and task logs (engine.runtime.observe.ActivityObserver)
         self.redis = redis
         self.settings = settings
@@ -109,6 +113,9 @@ class ActivityWorker:
                            wait_timeout_ms=settings.wait_timeout_ms)
         self.consumer = settings.consumer_name()
         self.handler_services = services or self.registry.services
+        self.code = code  # --code: the sandbox serves foldflow.code as this worker's own handler
+        if code is not None and code.service not in self.handler_services:
+            self.handler_services = sorted([*self.handler_services, code.service])
         self.services = list(self.handler_services)
         self.http = http
         if not self.services and http is None:
@@ -165,6 +172,8 @@ class ActivityWorker:
                   "store_under_replicated": self.store.under_replicated}
         if self.http is not None:
             counts.update(self.http.counters())
+        if self.code is not None:
+            counts.update(self.code.counters())
         return counts
 
     async def prepare(self) -> None:
@@ -272,6 +281,8 @@ class ActivityWorker:
         if task.iteration is not None:
             base["iteration"] = task.iteration
         handler = self.registry.handler_for(task.service, task.step)
+        if handler is None and self.code is not None and self.code.takes(task):
+            return await self.code.call(task, base)
         if handler is None and self.http is not None and self.http.takes(task):
             return await self.http.call(task, base)
         if handler is None:

@@ -54,6 +54,14 @@ class ApiStack:
                             partitions=self.partitions, drop=("FOLDFLOW_REDIS_URL",), **extra)
 
     def start(self) -> ApiStack:
+        # A `with` block whose start fails never reaches __exit__: stop what did start.
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> ApiStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         if self.workers:
             self.procs["worker"] = spawn(["worker"], self.env(), self.logs / "worker.log")
@@ -74,7 +82,7 @@ class ApiStack:
         self.procs[name] = spawn(["activities", "--http"], self.env(), self.logs / f"{name}.log")
         return self.procs[name]
 
-    def _wait_ready(self, name: str, url: str, timeout: float = 30.0) -> None:
+    def _wait_ready(self, name: str, url: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.procs[name].poll() is not None:

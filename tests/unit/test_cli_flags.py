@@ -16,6 +16,7 @@ from engine.runtime.lifecycle import CONNECTION, VERB_SETTINGS
 ROLES = {"worker": ["worker"], "activities": ["activities", "--module", "m"], "projector": ["projector"]}
 SETTING_FLAG = {"--" + f.replace("_", "-"): f for f in Settings.__struct_fields__}
 NO_SETTINGS = {("definitions", "validate"), ("demo",)}  # validate never touches Redis; the demo uses REDIS_URL
+NO_SETTINGS.add(("definitions", "test"))  # a test run is in memory: no Redis either
 
 
 def _flags(fields: tuple[str, ...] | set[str]) -> set[str]:

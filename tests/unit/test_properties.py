@@ -90,7 +90,7 @@ from engine.store.keys import Keys
 from engine.store.plan import plan, timer_member
 
 # FOLDFLOW_PROPERTY_EXAMPLES raises the count for a longer hunt than CI's (the default).
-SETTINGS = settings(deadline=None, max_examples=int(os.environ.get("FOLDFLOW_PROPERTY_EXAMPLES", "200")),
+SETTINGS = settings(deadline=None, max_examples=int(os.environ.get("FOLDFLOW_PROPERTY_EXAMPLES", "100")),
                     suppress_health_check=[HealthCheck.too_slow])
 IID = "i-1"
 T0 = 1_000_000

@@ -7,6 +7,9 @@ Three document shapes are accepted:
 - ``apiVersion/kind/metadata/spec``, with ``spec.config`` holding the workflow
   timeout and default retry policy.
 
+Two more, of other seeds, are translated into the bare shape first
+(engine.core.formats): nodes and edges, and execution plans.
+
 Keyword arguments override the document's name and version. Problem paths
 follow the document: ``definition.steps[1].depends_on[0]``, ``steps[1]...`` or
 ``spec.steps[1]...``.
@@ -49,6 +52,7 @@ from engine.core.definition.vocabulary import (
     VERSION,
     YAML_FIELDS,
 )
+from engine.core.formats import translate
 from engine.core.language.schema import schema_problems
 
 __all__ = [
@@ -87,8 +91,16 @@ def parse_definition(
 
     ``strict=False`` is for a definition already stored: it skips the unknown-key and
     step-read checks, which registration applies, so a definition stored before a
-    check existed still loads."""
-    return _build(Reader(strict=strict), document_of(source, fmt=fmt), name, version)
+    check existed still loads.
+
+    A document in another seed's format (nodes and edges, or an execution plan) is
+    translated into a native one first (engine.core.formats), and its problems are
+    reported at the paths of the document as written."""
+    doc = document_of(source, fmt=fmt)
+    translation = translate(doc, strict=strict)
+    if translation is None:
+        return _build(Reader(strict=strict), doc, name, version)
+    return translation.build(lambda native: _build(Reader(strict=strict), native, name, version))
 
 
 def _build(r: Reader, doc: dict[str, Any], name: str | None, version: str | None) -> Definition:

@@ -45,7 +45,7 @@ MAX_SUBJECT_CHARS: Final = 10_000
 MAX_PATTERN_COST: Final = 10**9
 
 ARITY: Final[dict[str, int]] = {
-    "hash": 1, "len": 1, "lower": 1, "upper": 1, "str": 1, "int": 1, "float": 1, "bool": 1,
+    "from_json": 1, "get": 2, "hash": 1, "len": 1, "lower": 1, "upper": 1, "str": 1, "int": 1, "float": 1, "bool": 1,
     "default": 2, "exists": 1, "contains": 2, "startswith": 2, "endswith": 2, "matches": 2,
 }  # fmt: skip
 _PATH_ONLY: Final = frozenset({"default", "exists"})  # they ask whether a path resolves

@@ -309,7 +309,7 @@ def _split(text: str, placeholders: bool, spelled: list[str] | None = None) -> l
                 raise TemplateError("unclosed '${'")
             node, end = parse_path(text[marker.end() : close]), close + 1
         else:
-            close = _closing_braces(text, marker.end())
+            close = closing_braces(text, marker.end())
             node, end = parse_expression(text[marker.end() : close]), close + 2
         if start > literal_from:
             parts.append(text[literal_from:start])
@@ -322,7 +322,7 @@ def _split(text: str, placeholders: bool, spelled: list[str] | None = None) -> l
     return parts
 
 
-def _closing_braces(text: str, pos: int) -> int:
+def closing_braces(text: str, pos: int) -> int:
     """Index of the ``}}`` closing a ``{{``; braces inside quoted literals do not count."""
     quote = ""
     while pos < len(text):

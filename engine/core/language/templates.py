@@ -133,6 +133,26 @@ class Default:
             return self.fallback.evaluate(scope)
 
 
+class Required:
+    """``required(expr, what)``: a missing path fails the render naming ``what``, even where a
+    missing optional input would otherwise read as null (execution plans' strict mappings)."""
+
+    __slots__ = ("expr", "what")
+
+    def __init__(self, expr: Node, what: Node | None) -> None:
+        self.expr = expr
+        self.what = what
+
+    def evaluate(self, scope: Mapping[str, Any]) -> Any:
+        try:
+            return self.expr.evaluate(scope)
+        except MissingValue as exc:
+            # Not a MissingValue: that would be read as an optional input field left out.
+            if self.what is None:
+                raise TemplateError(f"{exc.path} is required but not set") from None
+            raise TemplateError(f"{to_text(self.what.evaluate(scope))} matched nothing") from None
+
+
 class Secret:
     """``secrets.NAME``: renders to the marker ``{{ secrets.NAME }}``, never to a value."""
 
@@ -147,7 +167,7 @@ class Secret:
         return self.marker
 
 
-Node = Path | Literal | Call | Default | Secret
+Node = Path | Literal | Call | Default | Required | Secret
 
 
 def node_paths(node: Node) -> Iterator[str]:
@@ -160,6 +180,8 @@ def node_paths(node: Node) -> Iterator[str]:
     elif isinstance(node, Default):
         yield from node_paths(node.expr)
         yield from node_paths(node.fallback)
+    elif isinstance(node, Required):
+        yield from node_paths(node.expr)
 
 
 def _hash(value: Any) -> str:
@@ -173,14 +195,38 @@ def _len(value: Any) -> int:
     raise TemplateError(f"len() needs a string, list or object, got {type(value).__name__}")
 
 
-FUNCTIONS: Final[dict[str, Callable[[Any], Any]]] = {
+def from_json(value: Any) -> Any:
+    """Text holding JSON as the value it encodes (a model's reply often is); anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+
+
+def get(container: Any, key: Any) -> Any:
+    """``get(x, key)``: the item under a key no path can spell (``'target table'``), or at a position."""
+    if isinstance(container, Mapping) and isinstance(key, str) and key in container:
+        return container[key]
+    if isinstance(container, (list, tuple)) and isinstance(key, int) and not isinstance(key, bool) \
+            and 0 <= key < len(container):
+        return container[key]
+    raise MissingValue(f"get(..., {key!r})")
+
+
+FUNCTIONS: Final[dict[str, Callable[..., Any]]] = {
+    "from_json": from_json,
+    "get": get,
     "hash": _hash,
     "lower": lambda v: to_text(v).lower(),
     "upper": lambda v: to_text(v).upper(),
     "len": _len,
     "str": to_text,
 }
-_FUNCTION_NAMES: Final = ", ".join(sorted([*FUNCTIONS, "default"]))
+_SPECIAL: Final = {"default": (2, 2), "required": (1, 2)}  # (fewest, most) arguments; they see a missing path
+_ARITY: Final = {"get": (2, 2)}  # (fewest, most) arguments of the FUNCTIONS that take more than one
+_FUNCTION_NAMES: Final = ", ".join(sorted([*FUNCTIONS, *_SPECIAL]))
 
 
 def tokenize(text: str) -> list[tuple[str, str]]:
@@ -230,7 +276,7 @@ class _Parser:
         return path(text)
 
     def call(self, name: str, depth: int) -> Node:
-        if name != "default" and name not in FUNCTIONS:
+        if name not in _SPECIAL and name not in FUNCTIONS:
             raise TemplateError(f"unknown function {name!r} (known: {_FUNCTION_NAMES})")
         self.take("(")
         args: list[Node] = []
@@ -246,11 +292,14 @@ class _Parser:
                 # The core never sees the value, so it cannot compute with it.
                 raise TemplateError(f"{arg.text} cannot be an argument of {name}(): a secret is only "
                                     "substituted as it is")
-        wanted = 2 if name == "default" else 1
-        if len(args) != wanted:
+        fewest, most = _SPECIAL.get(name) or _ARITY.get(name, (1, 1))
+        if not fewest <= len(args) <= most:
+            wanted = str(fewest) if fewest == most else f"{fewest} or {most}"
             raise TemplateError(f"{name}() takes {wanted} argument(s), got {len(args)}")
         if name == "default":
             return Default(args[0], args[1])
+        if name == "required":
+            return Required(args[0], args[1] if len(args) > 1 else None)
         return Call(FUNCTIONS[name], args)
 
     def finish(self) -> None:

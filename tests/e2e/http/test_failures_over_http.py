@@ -109,7 +109,9 @@ def test_a_timeout_and_a_refused_connection_are_retried(stack: ApiStack, farm: S
     api = _api(stack)
     timed = _run(api, _one_step(f"slow-{uuid.uuid4().hex[:6]}", slow.name, attempts=2, timeout="300ms"))
     refused = _run(api, _one_step(f"down-{uuid.uuid4().hex[:6]}", down.name, attempts=2))
-    for eid, words in ((timed, "no answer within 300 ms"), (refused, "cannot connect")):
+    # The executor's "no answer within 300 ms" or, on a loaded machine, the engine's own step
+    # timeout "timed out after 300 ms" firing first: either way the 300 ms limit, each attempt.
+    for eid, words in ((timed, "300 ms"), (refused, "cannot connect")):
         assert _final(api, eid)["status"] == "failed"
         failures = _failures(api, eid)
         assert len(failures) == 2 and all(words in f["data"]["error"]["message"] for f in failures), failures
