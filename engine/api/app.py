@@ -111,6 +111,7 @@ def create_app(settings: Settings, api: ApiSettings, *,
         state=State(state),
         request_max_body_size=settings.max_payload_bytes,
         debug=False,
+        logging_config=None,  # foldflow's (--log-format), not Litestar's root handler; problems.py logs errors
     )
     # Outside the router, not as route middleware: requests no route matches (404, 405) are
     # counted too, under the route label "unmatched".
