@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple
 from engine.core.definition.model import Problem
 from engine.core.language.condition_parser import ConditionError
 from engine.core.language.condition_parser import tokenize as condition_tokens
-from engine.core.language.expressions import closing_braces
+from engine.core.language.expressions import template_spans
 from engine.core.language.templates import TemplateError
 from engine.core.language.templates import tokenize as template_tokens
 
@@ -130,23 +130,12 @@ class Rewriter:
 def split_templates(text: str) -> list[tuple[str, str]]:
     """``(opener, inner)`` for each ``{{ }}`` and ``${ }``, ``("", text)`` between them; TemplateError when unclosed."""
     pieces: list[tuple[str, str]] = []
-    pos = literal_from = 0
-    while pos < len(text):
-        if text.startswith("{{", pos):
-            close, opener = closing_braces(text, pos + 2), "{{"
-            end = close + 2
-        elif text.startswith("${", pos):
-            close, opener = text.find("}", pos + 2), "${"
-            if close < 0:
-                raise TemplateError("unclosed '${'")
-            end = close + 1
-        else:
-            pos += 1
-            continue
-        if pos > literal_from:
-            pieces.append(("", text[literal_from:pos]))
-        pieces.append((opener, text[pos + 2 : close]))
-        pos = literal_from = end
+    literal_from = 0
+    for opener, start, end, inner in template_spans(text):
+        if start > literal_from:
+            pieces.append(("", text[literal_from:start]))
+        pieces.append((opener, inner))
+        literal_from = end
     if literal_from < len(text):
         pieces.append(("", text[literal_from:]))
     return pieces

@@ -24,7 +24,7 @@ once (``lru_cache``) and strings without ``{`` return before any lookup.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import quote
@@ -291,9 +291,10 @@ def _assemble(parts: list[str | _Hole]) -> _Compiled:
     return _Interpolated(parts)
 
 
-def _split(text: str, placeholders: bool, spelled: list[str] | None = None) -> list[str | _Hole]:
-    parts: list[str | _Hole] = []
-    pos = literal_from = 0
+def template_spans(text: str, placeholders: bool = False) -> Iterator[tuple[str, int, int, str]]:
+    """``(opener, start, end, inner)`` for each ``{{ }}``, ``${ }`` (and, with ``placeholders``,
+    ``{name}``, opener ``"{"``) in text, in order, unparsed; TemplateError when one is unclosed."""
+    pos = 0
     while (marker := _MARKER.search(text, pos)) is not None:
         start, found = marker.start(), marker.group()
         if found == "{":
@@ -301,22 +302,33 @@ def _split(text: str, placeholders: bool, spelled: list[str] | None = None) -> l
             if hole is None:
                 pos = start + 1  # a lone brace is plain text
                 continue
-            node: _Hole = Placeholder(hole.group(1))
-            end = hole.end()
-        elif found == "${":
+            yield "{", start, hole.end(), hole.group(1)
+            pos = hole.end()
+            continue
+        if found == "${":
             close = text.find("}", marker.end())
             if close < 0:
                 raise TemplateError("unclosed '${'")
-            node, end = parse_path(text[marker.end() : close]), close + 1
+            end = close + 1
         else:
             close = closing_braces(text, marker.end())
-            node, end = parse_expression(text[marker.end() : close]), close + 2
+            end = close + 2
+        yield found, start, end, text[marker.end() : close]
+        pos = end
+
+
+def _split(text: str, placeholders: bool, spelled: list[str] | None = None) -> list[str | _Hole]:
+    parts: list[str | _Hole] = []
+    literal_from = 0
+    for opener, start, end, inner in template_spans(text, placeholders):
+        node: _Hole = (Placeholder(inner) if opener == "{" else parse_path(inner) if opener == "${"
+                       else parse_expression(inner))
         if start > literal_from:
             parts.append(text[literal_from:start])
         if spelled is not None:
             spelled.append(text[start:end])
         parts.append(node)
-        pos = literal_from = end
+        literal_from = end
     if literal_from < len(text):
         parts.append(text[literal_from:])
     return parts
