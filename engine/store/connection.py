@@ -60,15 +60,22 @@ class _Cluster(RedisCluster):
         """An ASK redirect may name a master that serves no slot yet (a node just added, the
         target of a migration): it is not in redis-py's node cache, which is built from
         CLUSTER SLOTS, and redis-py then fails with AttributeError on None (redis-py issue
-        #4015). Looked up by name, such a node is added as a primary, as redis-py already
-        does for a MOVED to an unknown node."""
+        #4015). Looked up by name (redis-py 5 to 7) or by host and port (redis-py 8), such a
+        node is added as a primary, as redis-py already does for a MOVED to an unknown node."""
         node = super().get_node(host, port, node_name)
-        if node is None and node_name and not (host and port) and ":" in node_name:
+        if node is not None:
+            return node
+        if host and port:
+            name_host, name_port = host, str(port)
+        elif node_name and ":" in node_name:
             name_host, _, name_port = node_name.rpartition(":")
-            if name_port.isdigit():
-                manager = self.nodes_manager
-                node = ClusterNode(name_host, int(name_port), PRIMARY, **manager.connection_kwargs)
-                manager.set_nodes(manager.nodes_cache, {node.name: node})
+        else:
+            return None
+        if not name_port.isdigit():
+            return None
+        manager = self.nodes_manager
+        node = ClusterNode(name_host, int(name_port), PRIMARY, **manager.connection_kwargs)
+        manager.set_nodes(manager.nodes_cache, {node.name: node})
         return node
 
 

@@ -151,7 +151,8 @@ def test_retry_from_the_failed_step_with_edited_input(registered: ApiStack, api:
     step_id = step_uuid(workflow_uuid(registered.prefix, str(ASSIGN["name"])), "assign")
     r = httpx.post(f"{api}/executions/{iid}/steps/{step_id}/retry", json={"input": {"agent": "agent-2"}},
                    params=LONG, timeout=30)
-    assert r.status_code == 200 and r.json()["applied"] and r.json()["status"] == "running", r.text
+    # the retried step may already have run when the answer is read: the engine answers in milliseconds
+    assert r.status_code == 200 and r.json()["applied"] and r.json()["status"] in ("running", "completed"), r.text
     status_is(api, iid, "completed")
     retried = [e for e in httpx.get(f"{api}/executions/{iid}/history").json()["events"]
                if e["type"] == "workflow.retried"]
