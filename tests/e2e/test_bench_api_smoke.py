@@ -15,7 +15,8 @@ import pytest
 
 from tests.support.tools import ROOT, foldflow_env
 
-pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("redis_server_bin")]  # the bench starts its own
+# slow: the suite has a 12-minute budget on two cores; tests/e2e/test_bench_smoke.py keeps `bench quick` in the default run
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.usefixtures("redis_server_bin")]  # the bench starts its own
 
 
 def test_bench_api_quick_writes_its_section(tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ FAULT_KNOBS: dict[str, str] = {
     "FOLDFLOW_TASK_CLAIM_IDLE_MS": "2000",
     "FOLDFLOW_BREAKER_THRESHOLD": "0",
     "FOLDFLOW_HEARTBEAT_MS": "200",
-    "FOLDFLOW_SHUTDOWN_TIMEOUT_MS": "5000",
+    # a bound on a hang, not the expectation: one drain under the full suite on 2 shared cores took over 5 s
+    "FOLDFLOW_SHUTDOWN_TIMEOUT_MS": "15000",
 }
 # The crash tests: worker knobs, breakers off.
 CRASH_KNOBS: dict[str, str] = {**WORKER_KNOBS, "FOLDFLOW_BREAKER_THRESHOLD": "0"}
