@@ -22,6 +22,7 @@ from engine.core.ids import INSTANCE_ID_RE, traceparent_problem
 from engine.core.language.schema import violations
 from engine.core.model import INITIAL, STATUS_NONE, TERMINAL, State, encode
 from engine.errors import InvalidContext, InvalidInput, UnknownInstance, UnknownWorkflow
+from engine.runtime import tracing
 from engine.store.catalog import Catalog
 from engine.store.connection import Redis, connect
 from engine.store.errors import translate_methods
@@ -96,6 +97,7 @@ class Client:
     async def start(
         self, workflow: str, context: Mapping[str, Any] | None = None, *, version: str | None = None,
         correlation_id: str | None = None, instance_id: str | None = None, traceparent: str | None = None,
+        priority: int = 0, tenant: str | None = None,
     ) -> str:
         """Start an instance; returns its id. The version is pinned here (latest unless given).
 
@@ -113,8 +115,21 @@ class Client:
         data: dict[str, Any] = {"workflow": workflow, "version": definition.version, "context": dict(context or {})}
         if correlation_id:
             data["correlation_id"] = correlation_id
+        if not 0 <= priority <= 9 or isinstance(priority, bool):  # admission control (engine/workers/admission.py)
+            raise InvalidInput(f"priority must be an integer 0-9 (higher is more urgent), got {priority!r}")
+        if priority:
+            data["priority"] = priority
+        if tenant:
+            data["tenant"] = tenant
         if traceparent:
             data["traceparent"] = traceparent
+        if not tracing.decided:  # a process that is no role (the CLI, a service) reads OTEL_* here, once
+            tracing.setup("client")
+        if tracing.enabled:  # the start's span; every task of the execution carries its context
+            with tracing.start_span(workflow, iid, traceparent) as stored:
+                data["traceparent"] = stored
+                await self.send("start", iid, data, cmd_id=f"start:{iid}")
+            return iid
         await self.send("start", iid, data, cmd_id=f"start:{iid}")
         return iid
 

@@ -55,6 +55,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """FOLDFLOW_CACHE_SIZE: instance states kept in a worker's memory."""
     timer_poll_ms: int = 100
     """FOLDFLOW_TIMER_POLL_MS: how often due timers are moved to the inboxes."""
+    schedule_poll_ms: int = 500
+    """FOLDFLOW_SCHEDULE_POLL_MS: how often an engine worker claims due schedules (engine/workers/scheduler.py)."""
     max_payload_bytes: int = 1_048_576
     """FOLDFLOW_MAX_PAYLOAD_BYTES: largest command data, task result or event accepted."""
     concurrency: int = 64
@@ -100,6 +102,7 @@ _ENV = {
     "max_deliveries": "FOLDFLOW_MAX_DELIVERIES",
     "cache_size": "FOLDFLOW_CACHE_SIZE",
     "timer_poll_ms": "FOLDFLOW_TIMER_POLL_MS",
+    "schedule_poll_ms": "FOLDFLOW_SCHEDULE_POLL_MS",
     "max_payload_bytes": "FOLDFLOW_MAX_PAYLOAD_BYTES",
     "concurrency": "FOLDFLOW_CONCURRENCY",
     "metrics_port": "FOLDFLOW_METRICS_PORT",

@@ -27,6 +27,7 @@ from engine.core.model import (
     WorkflowCreated,
     WorkflowFailed,
     WorkflowPaused,
+    WorkflowQueued,
     WorkflowResumed,
     WorkflowRetried,
     WorkflowStarted,
@@ -65,6 +66,8 @@ def fold_record(doc: Doc, iid: str, item: Applied) -> dict[str, Any]:
         case WorkflowCreated():
             d.update(workflow=e.workflow, workflow_version=e.version, status="created",
                      correlation_id=e.correlation_id, context=e.context, created_ms=ts)
+        case WorkflowQueued():  # waiting for a concurrency slot (engine/workers/admission.py)
+            d.update(status="queued", queued_key=e.key, priority=e.priority)
         case WorkflowStarted():
             d["status"] = "running"
             if d["started_ms"] is None:

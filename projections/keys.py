@@ -16,7 +16,7 @@ from engine.store.keys import Keys
 
 GROUP_PREFIX = "proj:"
 
-STATUSES = ("created", "running", "paused", "failed", "completed", "cancelled", "compensating", "compensated")
+STATUSES = ("created", "queued", "running", "paused", "failed", "completed", "cancelled", "compensating", "compensated")
 
 
 def group_name(projection: str) -> str:

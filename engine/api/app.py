@@ -4,6 +4,7 @@ served at `/openapi.json` with interactive docs at `/docs`."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -25,6 +26,7 @@ from engine.api.services import Services
 from engine.api.settings import ApiSettings
 from engine.api.surface import Docs, check_media_type, completed_on_startup, websocket_denials
 from engine.config import Settings
+from engine.runtime import tracing
 from engine.store.connection import Redis, connect_blocking
 
 CONNECT_TIMEOUT_S = 2.0
@@ -82,6 +84,7 @@ def create_app(settings: Settings, api: ApiSettings, *,
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        tracing.setup("api")  # the spans of the starts it sends, when OTEL_* asks for them
         if redis_factory:
             redis, blocking = redis_factory(), None
         else:
@@ -95,6 +98,7 @@ def create_app(settings: Settings, api: ApiSettings, *,
             await redis.aclose()
             if blocking is not None:
                 await blocking.aclose()
+            await asyncio.to_thread(tracing.shutdown)
 
     state: dict[str, Any] = {"registry": registry,
                              "verifier": TokenVerifier(api) if api.auth_configured else None}

@@ -26,6 +26,7 @@ from engine.core.model import (
     STATUS_FAILED,
     STATUS_NONE,
     STATUS_PAUSED,
+    STATUS_QUEUED,
     STATUS_RUNNING,
     STEP_CHILD,
     STEP_DELAYED,
@@ -33,6 +34,7 @@ from engine.core.model import (
     STEP_RETRYING,
     STEP_SCHEDULED,
     STEP_WAITING,
+    AdmitWorkflow,
     CancelWorkflow,
     CompleteStep,
     DeliverEvent,
@@ -54,6 +56,7 @@ from engine.core.model import (
     WorkflowCancelled,
     WorkflowCreated,
     WorkflowPaused,
+    WorkflowQueued,
     WorkflowResumed,
     WorkflowRetried,
     WorkflowStarted,
@@ -63,7 +66,8 @@ from engine.core.steps import task_id_for
 __all__ = ["decide", "decide_and_fold", "matches", "step_done", "task_id_for"]
 
 # Which statuses accept which control command (the instance state machine).
-_CANCELLABLE = frozenset({STATUS_CREATED, STATUS_RUNNING, STATUS_PAUSED, STATUS_FAILED, STATUS_COMPENSATING})
+_CANCELLABLE = frozenset({STATUS_CREATED, STATUS_QUEUED, STATUS_RUNNING, STATUS_PAUSED, STATUS_FAILED,
+                          STATUS_COMPENSATING})
 # A step result is recorded while the instance can still use it.
 _ACCEPTS_RESULTS = frozenset({STATUS_RUNNING, STATUS_PAUSED, STATUS_FAILED, STATUS_COMPENSATING})
 _SIGNALLABLE = frozenset({STATUS_RUNNING, STATUS_PAUSED})
@@ -96,9 +100,24 @@ def decide_and_fold(
 def _start(d: Decision, cmd: StartWorkflow) -> None:
     if d.state.status != STATUS_NONE:
         return  # a second start for the same id: idempotent, changes nothing
+    adm = cmd.admission  # the engine worker's admission step (concurrency per key), as data
     d.emit(WorkflowCreated(instance_id=d.envelope.instance_id, workflow=d.definition.name,
                            version=d.definition.version, context=cmd.context, correlation_id=cmd.correlation_id,
-                           parent=cmd.parent, traceparent=cmd.traceparent))
+                           parent=cmd.parent, traceparent=cmd.traceparent, priority=cmd.priority, tenant=cmd.tenant,
+                           concurrency_key=adm.key if adm is not None else None))
+    if adm is not None and adm.outcome == "queue":
+        d.emit(WorkflowQueued(key=adm.key, limit=adm.limit, priority=cmd.priority))
+        return
+    if adm is not None and adm.outcome == "cancel":
+        d.emit(WorkflowCancelled(reason=adm.reason))
+        return
+    d.emit(WorkflowStarted(timeout_at=d.deadline()))
+    d.advance()
+
+
+def _admit(d: Decision, cmd: AdmitWorkflow) -> None:
+    if d.state.status != STATUS_QUEUED:
+        return  # a repeat, or it was cancelled while it waited: nothing to start
     d.emit(WorkflowStarted(timeout_at=d.deadline()))
     d.advance()
 
@@ -278,6 +297,9 @@ def _retry(d: Decision, cmd: RetryWorkflow) -> None:
     if d.state.status != STATUS_FAILED:
         d.reject(f"cannot retry an instance that is {d.state.status}")
         return
+    if cmd.admission is not None and cmd.admission.outcome == "refuse":
+        d.reject(cmd.admission.reason or f"no concurrency slot is free for key {cmd.admission.key!r}")
+        return
     failed = [n for n, st in d.state.steps.items() if st.status == STEP_FAILED and not st.continued]
     if cmd.from_step is not None:
         if not _has_step(d.definition, cmd.from_step) or cmd.from_step in d.definition.compensation_steps():
@@ -319,6 +341,7 @@ _HANDLERS: dict[type, Callable[[Decision, Any], None]] = {
     ResumeWorkflow: _resume,
     RetryWorkflow: _retry,
     SignalWorkflow: _signal,
+    AdmitWorkflow: _admit,
 }
 
 _TIMERS: dict[str, Callable[[Decision, FireTimer], None]] = {

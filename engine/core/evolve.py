@@ -21,6 +21,7 @@ from engine.core.model import (
     STATUS_CREATED,
     STATUS_FAILED,
     STATUS_PAUSED,
+    STATUS_QUEUED,
     STATUS_RUNNING,
     STEP_CHILD,
     STEP_COMPLETED,
@@ -52,6 +53,7 @@ from engine.core.model import (
     WorkflowCreated,
     WorkflowFailed,
     WorkflowPaused,
+    WorkflowQueued,
     WorkflowResumed,
     WorkflowRetried,
     WorkflowStarted,
@@ -100,6 +102,13 @@ def _created(s: State, e: WorkflowCreated, ts: int | None) -> None:
     s.parent = e.parent
     s.traceparent = e.traceparent
     s.created_ms = ts
+    s.priority = e.priority
+    s.tenant = e.tenant
+    s.concurrency_key = e.concurrency_key
+
+
+def _queued(s: State, e: WorkflowQueued, ts: int | None) -> None:
+    s.status = STATUS_QUEUED
 
 
 def _started(s: State, e: WorkflowStarted, ts: int | None) -> None:
@@ -297,6 +306,7 @@ def _rejected(s: State, e: CommandRejected, ts: int | None) -> None:
 _HANDLERS: dict[type, Callable[[State, Any, int | None], None]] = {
     WorkflowCreated: _created,
     WorkflowStarted: _started,
+    WorkflowQueued: _queued,
     StepScheduled: _scheduled,
     StepWaiting: _waiting,
     StepCompleted: _completed,

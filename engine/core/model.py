@@ -35,6 +35,16 @@ class ParentRef(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
 
 
+class Admission(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the engine's admission step decided for a start or retry of a workflow with
+    ``concurrency`` (engine/workers/admission.py); the decider reads it as data."""
+
+    outcome: str  # "run" | "queue" | "cancel" (cancel_newest) | "refuse" (a retry with no free slot)
+    key: str  # the rendered concurrency key
+    limit: int
+    reason: str | None = None
+
+
 class StartWorkflow(Command, frozen=True, kw_only=True, tag="start"):
     workflow: str
     version: str | None = None
@@ -42,6 +52,9 @@ class StartWorkflow(Command, frozen=True, kw_only=True, tag="start"):
     correlation_id: str | None = None
     parent: ParentRef | None = None
     traceparent: str | None = None  # W3C trace context: every task of the instance carries it
+    priority: int = 0  # 0-9, higher is more urgent: orders the admission queue
+    tenant: str | None = None  # whose start this is: a concurrency key may read it ({{ tenant }})
+    admission: Admission | None = None  # set by the engine worker, never by a sender (it is overwritten)
 
 
 class StepError(_Wire, frozen=True):
@@ -94,6 +107,13 @@ class RetryWorkflow(Command, frozen=True, kw_only=True, tag="retry"):
 
     from_step: str | None = None
     input: JSON = None
+    admission: Admission | None = None  # set by the engine worker for a workflow with concurrency
+
+
+class AdmitWorkflow(Command, frozen=True, kw_only=True, tag="admit"):
+    """A queued instance got a concurrency slot: it starts (sent by the engine worker)."""
+
+    key: str | None = None
 
 
 class SignalWorkflow(Command, frozen=True, kw_only=True, tag="signal"):
@@ -133,6 +153,7 @@ AnyCommand = Union[  # noqa: UP007 - a long tagged union reads better one member
     SignalWorkflow,
     DeliverEvent,
     FireTimer,
+    AdmitWorkflow,
 ]
 
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -170,6 +191,17 @@ class WorkflowCreated(Event, frozen=True, kw_only=True, tag="workflow.created"):
     correlation_id: str | None = None
     parent: ParentRef | None = None
     traceparent: str | None = None
+    priority: int = 0
+    tenant: str | None = None
+    concurrency_key: str | None = None  # the slot this instance holds or waits for, when its workflow has one
+
+
+class WorkflowQueued(Event, frozen=True, kw_only=True, tag="workflow.queued"):
+    """No concurrency slot was free: the instance waits (no tasks) until an ``admit`` starts it."""
+
+    key: str
+    limit: int
+    priority: int = 0
 
 
 class WorkflowStarted(Event, frozen=True, kw_only=True, tag="workflow.started"):
@@ -321,6 +353,7 @@ class CommandRejected(Event, frozen=True, kw_only=True, tag="workflow.command_re
 AnyEvent = Union[  # noqa: UP007 - a long tagged union reads better one member a line
     WorkflowCreated,
     WorkflowStarted,
+    WorkflowQueued,
     StepScheduled,
     StepWaiting,
     StepCompleted,
@@ -405,6 +438,7 @@ STEP_CHILD = "child_running"
 
 STATUS_NONE = "none"  # no events yet: the instance does not exist
 STATUS_CREATED = "created"
+STATUS_QUEUED = "queued"  # waiting for a concurrency slot
 STATUS_RUNNING = "running"
 STATUS_PAUSED = "paused"
 STATUS_FAILED = "failed"
@@ -463,6 +497,9 @@ class State(msgspec.Struct, kw_only=True):
     overrides: dict[str, JSON] = {}  # edited step inputs from retry --from-step --input
     compensation: list[str] = []  # the compensation steps in run order, once started
     traceparent: str | None = None
+    priority: int = 0
+    tenant: str | None = None
+    concurrency_key: str | None = None
 
     def step(self, name: str) -> StepState:
         return self.steps.get(name) or _PENDING

@@ -13,9 +13,10 @@ RUNNING: Final = "RUNNING"
 COMPLETED: Final = "COMPLETED"
 FAILED: Final = "FAILED"
 CANCELLED: Final = "CANCELLED"
-# Paused and compensating runs are still running to a seed 003 client; a compensated one has failed.
+# Queued runs (waiting for a concurrency slot) are pending, paused and compensating runs still running
+# to a seed 003 client; a compensated one has failed.
 RUN_STATUS: Final = {
-    "created": PENDING, "running": RUNNING, "paused": RUNNING, "compensating": RUNNING, "failed": FAILED,
+    "created": PENDING, "queued": PENDING, "running": RUNNING, "paused": RUNNING, "compensating": RUNNING, "failed": FAILED,
     "compensated": FAILED, "completed": COMPLETED, "cancelled": CANCELLED,
 }
 FINAL_RUN_STATUSES: Final = frozenset({COMPLETED, FAILED, CANCELLED})

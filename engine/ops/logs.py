@@ -5,6 +5,10 @@ Context travels as ``extra`` fields (``instance_id``, ``correlation_id``,
 followed across services with a grep or a log query::
 
     log.debug("transition", extra={"instance_id": iid, "correlation_id": cid, "step": "s", "attempt": 1})
+
+A line also carries ``trace_id`` and ``span_id``: those of the current span when
+tracing is on (engine.runtime.tracing), else of a ``traceparent`` in its extra (which
+they replace); a line with neither is as it always was.
 """
 
 from __future__ import annotations
@@ -16,14 +20,24 @@ from typing import Any, TextIO
 
 import orjson
 
+from engine.runtime import tracing
+
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
 # Context fields first, in this order, when present.
-_ORDER = ("instance_id", "correlation_id", "workflow", "step", "attempt", "event", "status", "role", "consumer")
+_ORDER = ("instance_id", "correlation_id", "workflow", "step", "attempt", "event", "status", "role", "consumer",
+          "trace_id", "span_id")
 
 
 def context_of(record: logging.LogRecord) -> dict[str, Any]:
     extra = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    given = extra.pop("traceparent", None)
+    # The current span's ids (tracing on), else those of the traceparent the record names.
+    found = tracing.ids(given if isinstance(given, str) else None) if (tracing.enabled or given) else None
+    if found is not None:
+        extra["trace_id"], extra["span_id"] = found
+    elif given is not None:
+        extra["traceparent"] = given
     ordered = {k: extra.pop(k) for k in _ORDER if k in extra}
     ordered.update(sorted(extra.items()))
     return ordered

@@ -91,8 +91,11 @@ async def _list(registry: ServiceRegistry, args: argparse.Namespace) -> int:
 
 
 async def _show(registry: ServiceRegistry, args: argparse.Namespace) -> int:
+    from engine.ops.limits_cli import limits_shown
+
     record = await _found(registry, args.name)
-    print(_json({"service": record, "checks": await registry.checks(record.id)}))
+    print(_json({"service": record, "checks": await registry.checks(record.id),
+                 "limits": await limits_shown(registry.redis, registry.keys, record.name)}))
     return 0
 
 
@@ -125,8 +128,15 @@ async def cmd_services(args: argparse.Namespace) -> int:
     return await _with_registry(args, lambda registry: VERBS[args.scmd](registry, args))
 
 
+async def cmd_limits(args: argparse.Namespace) -> int:
+    from engine.ops.limits_cli import run_limits
+
+    print(_json(await run_limits(args)))
+    return 0
+
+
 def add_commands(sub: Any) -> None:
-    s = sub.add_parser("services", help="the service registry: register, list, show, remove, check")
+    s = sub.add_parser("services", help="the service registry: register, list, show, remove, check; limit, limits")
     ssub = s.add_subparsers(dest="scmd", required=True)
     conn = setting_flags(*CONNECTION)
 
@@ -154,3 +164,6 @@ def add_commands(sub: Any) -> None:
         x = ssub.add_parser(verb, parents=[conn], help=what)
         x.add_argument("name", help="the service's name or id")
         x.set_defaults(fn=cmd_services)
+    from engine.ops.limits_cli import add_limit_commands
+
+    add_limit_commands(ssub, conn, cmd_limits)  # per-service limits across the cluster (issue 16)

@@ -16,6 +16,7 @@ from importlib import metadata
 from typing import Any
 
 from engine.config import _ENV, LOG_FORMATS, Settings
+from engine.runtime import tracing
 from engine.runtime.role import Role
 from engine.store.connection import Redis
 from engine.store.keys import Keys
@@ -48,6 +49,7 @@ SETTING_FLAGS: dict[str, tuple[type, str]] = {
     "breaker_cooldown_ms": (int, "how long an open breaker holds back (FOLDFLOW_BREAKER_COOLDOWN_MS)"),
     "cache_size": (int, "instance states cached per engine worker (FOLDFLOW_CACHE_SIZE)"),
     "timer_poll_ms": (int, "timer poll interval (FOLDFLOW_TIMER_POLL_MS)"),
+    "schedule_poll_ms": (int, "how often due schedules are claimed (FOLDFLOW_SCHEDULE_POLL_MS)"),
     "max_payload_bytes": (int, "largest command data, result or event (FOLDFLOW_MAX_PAYLOAD_BYTES)"),
     "metrics_port": (int, "serve /metrics and /health/* on this port, 0: off (FOLDFLOW_METRICS_PORT)"),
     "metrics_host": (str, "address the metrics server binds (FOLDFLOW_METRICS_HOST, default 0.0.0.0)"),
@@ -70,6 +72,7 @@ _WRITES = ("max_deliveries", "max_payload_bytes", "wait_replicas", "wait_timeout
 VERB_SETTINGS: dict[str, tuple[str, ...]] = {
     # The engine worker runs the router, relay, timers and housekeeping in its process.
     "worker": CONNECTION + _SERVED + _WRITES + ("claim_idle_ms", "lease_ms", "cache_size", "timer_poll_ms",
+                                                "schedule_poll_ms",
                                                 "event_retention_ms", "snapshot_every", "history_warn_events",
                                                 "retention_ms"),
     "activities": CONNECTION + _SERVED + _WRITES + ("task_claim_idle_ms", "concurrency", "breaker_threshold",
@@ -143,6 +146,7 @@ async def serve(runner: Role, redis: Redis, settings: Settings) -> int:
     from engine.runtime.metrics import make_registry
 
     role = runner.role
+    tracing.setup(role)  # OTLP spans when OTEL_* asks for them (engine.runtime.tracing)
     keys = Keys(settings.prefix, settings.partitions)
     consumer = runner.consumer or settings.consumer_name()
     stopping = asyncio.Event()
@@ -169,6 +173,7 @@ async def serve(runner: Role, redis: Redis, settings: Settings) -> int:
         await asyncio.gather(beat_task, return_exceptions=True)
         if server is not None:
             await server.stop()
+        await asyncio.to_thread(tracing.shutdown)  # flush the spans still batched
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -71,6 +71,12 @@ class WorkflowMetrics:
             "The HTTP executor's own time per call: task read to request sent (before), answer to result reported (after).",
             ["phase"], buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, float("inf")),
             registry=registry)
+        self.limit_waiting = Gauge(  # issue 16: per-service limits (engine/workers/limits.py)
+            "foldflow_limit_waiting_tasks", "Tasks of this worker waiting for a service limit now, by service and reason.",
+            ["service", "reason"], registry=registry)
+        self.limit_waits = Counter(
+            "foldflow_limit_waits", "Tasks that had to wait for a service limit (in_flight or rate), by service and reason.",
+            ["service", "reason"], registry=registry)
 
 
 def _family(kind: str, name: str, doc: str, labels: list[str] | None = None) -> Any:

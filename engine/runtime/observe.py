@@ -74,7 +74,7 @@ class EngineObserver:
             name = event_type(event)
             step = getattr(event, "step", None)
             ctx: dict[str, Any] = {"instance_id": iid, "correlation_id": state.correlation_id,
-                                   "workflow": workflow, "event": name}
+                                   "workflow": workflow, "event": name, "traceparent": state.traceparent}
             if step:
                 ctx["step"] = step
                 ctx["attempt"] = getattr(event, "attempt", None)
@@ -136,7 +136,8 @@ class ActivityObserver:
             self.metrics.tasks.labels(task.service, outcome).inc()
             self.metrics.handler_seconds.labels(task.service, outcome).observe(seconds)
         ctx = {"instance_id": task.instance_id, "correlation_id": task.correlation_id, "workflow": task.workflow,
-               "step": task.step, "attempt": task.attempt, "service": task.service, "seconds": round(seconds, 6)}
+               "step": task.step, "attempt": task.attempt, "service": task.service, "seconds": round(seconds, 6),
+               "traceparent": task.traceparent}  # the log line's trace_id (engine.ops.logs)
         if outcome == "failed":
             error = data.get("error") or {}
             task_log.warning("task failed: %s", error.get("message", ""), extra={**ctx, "kind": error.get("kind")})

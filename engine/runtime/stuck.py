@@ -36,6 +36,7 @@ from engine.store.connection import Redis
 from engine.store.events import Store
 from engine.store.inventory import _glob_escape, breaker_states, task_streams
 from engine.store.keys import ACTIVITY_GROUP, Keys
+from engine.store.limits import LimitStore, limits_runner, waiting_reason
 from engine.store.queues import env_name
 from engine.store.replies import text
 
@@ -168,6 +169,7 @@ async def find_stuck(redis: Redis, keys: Keys, older_than_ms: int, *, now_ms: in
             http_workers += "http_calls" in hb["counters"]  # only an executor started with --http counts calls
     registered = {text(n) for n in await redis.hkeys(keys.service_names)}
     store = Store(redis, keys)
+    limits = LimitStore(limits_runner(redis), keys)  # tasks waiting for their service's limits (issue 16)
     out: list[Stuck] = []
     for iid in sorted(ids):
         try:
@@ -181,7 +183,7 @@ async def find_stuck(redis: Redis, keys: Keys, older_than_ms: int, *, now_ms: in
         if idle < older_than_ms:
             continue
         reasons = await explain(redis, state, now, seen_tasks, served, breakers,
-                                unserved=lambda q: unserved_reason(q, q in registered, http_workers > 0))
+                                unserved=lambda q: unserved_reason(q, q in registered, http_workers > 0), limits=limits)
         out.append(Stuck(instance_id=iid, workflow=state.workflow, status=state.status,
                          partition=keys.partition(iid), correlation_id=state.correlation_id,
                          idle_s=idle / 1000, last_event_ms=state.updated_ms, waits_for=reasons))
@@ -203,7 +205,7 @@ def unserved_reason(queue: str, registered: bool, http_alive: bool) -> str:
 
 async def explain(redis: Redis, state: State, now: int, seen_tasks: dict[tuple[str, str, int], TaskSeen],
                   served: set[str], breakers: dict[str, int],
-                  unserved: Callable[[str], str] | None = None) -> list[str]:
+                  unserved: Callable[[str], str] | None = None, limits: LimitStore | None = None) -> list[str]:
     """What the instance waits for, in words an operator can act on."""
     reasons: list[str] = []
     if state.status == STATUS_PAUSED:
@@ -211,7 +213,7 @@ async def explain(redis: Redis, state: State, now: int, seen_tasks: dict[tuple[s
     for name, st in state.steps.items():
         if st.status == STEP_SCHEDULED:
             reasons.append(await _explain_task(redis, state, name, st.attempt, st.task_id, seen_tasks, served,
-                                               breakers, unserved))
+                                               breakers, unserved, limits))
         elif st.status == STEP_WAITING and st.wait is not None:
             since = now - (st.started_ms or state.updated_ms or now)
             deadline = (f", times out in {_age(st.timeout_at - now)}" if st.timeout_at and st.timeout_at > now
@@ -232,7 +234,8 @@ async def explain(redis: Redis, state: State, now: int, seen_tasks: dict[tuple[s
 
 async def _explain_task(redis: Redis, state: State, step: str, attempt: int, task_id: str | None,
                         seen_tasks: dict[tuple[str, str, int], TaskSeen], served: set[str],
-                        breakers: dict[str, int], unserved: Callable[[str], str] | None = None) -> str:
+                        breakers: dict[str, int], unserved: Callable[[str], str] | None = None,
+                        limits: LimitStore | None = None) -> str:
     seen = seen_tasks.get((state.id, step, attempt))
     what = f"step {step} attempt {attempt}: task {task_id or '?'}"
     if seen is None:
@@ -244,6 +247,8 @@ async def _explain_task(redis: Redis, state: State, step: str, attempt: int, tas
     if seen.queue not in served:
         why = unserved(seen.queue) if unserved is not None else ""
         return f"{what} on queue {seen.queue!r}: no live activity worker serves this queue" + (f": {why}" if why else "")
+    if limits is not None and task_id and (waits := await waiting_reason(limits, seen.queue, task_id)):
+        return f"{what} on queue {seen.queue!r}: {waits}"
     rows: Any = await redis.xpending_range(seen.stream, ACTIVITY_GROUP, min=seen.entry_id, max=seen.entry_id, count=1)
     if rows:
         row = rows[0]

@@ -8,6 +8,7 @@ on one Redis and on Redis Cluster without CROSSSLOT errors.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from engine.core.ids import filter_digest, partition_of
@@ -171,4 +172,54 @@ class Keys:
         return int(key[len(self.prefix) + 2 : key.index("}")])
 
     inbox_partition = stream_partition
+
+    # issue 16 anchor: schedules
+    def sched(self, part: str) -> str:
+        """Schedules (engine/store/schedules.py), all under the tag {<prefix>:sched}: part is
+        names | due | claims, or s:<name> (definition and state), runs:<name>, req:<name>."""
+        return "{%s:sched}:%s" % (self.prefix, part)
+    # issue 16 anchor: batches
+    @property
+    def batches(self) -> str:
+        """Sorted set: every batch id, scored by its creation ms (GET /batches pages it)."""
+        return f"{self.prefix}:batches"
+
+    @property
+    def batches_active(self) -> str:
+        """Set: the batches still matching or running, which `foldflow batches` runners take up."""
+        return f"{self.prefix}:batches:active"
+
+    def batch(self, batch_id: str, part: str) -> str:
+        """One batch's keys (part: rec | items | seen | failures | lease), under one hash tag."""
+        return "{%s:batch:%s}:%s" % (self.prefix, batch_id, part)
+    # issue 16 anchor: tracing
+    # issue 16 anchor: admission
+    def conc(self, digest: str, part: str) -> str:
+        """One (workflow, concurrency key)'s admission keys under one hash tag (part: holders |
+        queue | seq | evicted); ``digest`` is conc_digest(workflow, key)."""
+        return "{%s:conc:%s}:%s" % (self.prefix, digest, part)
+
+    @staticmethod
+    def conc_digest(workflow: str, key: str) -> str:
+        return hashlib.sha1(f"{workflow}\x00{key}".encode()).hexdigest()[:20]
+
+    @property
+    def conc_index(self) -> str:
+        """Hash: conc digest -> {workflow, key, limit, at} of every key with slots (the reconciler walks it)."""
+        return f"{self.prefix}:conc:index"
+    # issue 16 anchor: limits
+    @property
+    def limit_configs(self) -> str:
+        """Hash: service -> its limits (JSON); engine/store/limits.py."""
+        return "{%s:limits}:config" % self.prefix
+
+    @property
+    def limit_version(self) -> str:
+        """Counter bumped by every change of limit_configs: one GET tells a worker whether to re-read."""
+        return "{%s:limits}:version" % self.prefix
+
+    def limit_keys(self, service: str) -> list[str]:
+        """A limited service's in-flight permits (zset), token bucket (hash), waiting tasks (hash): one tag."""
+        tag = "{%s:limit:%s}" % (self.prefix, service)
+        return [f"{tag}:inflight", f"{tag}:bucket", f"{tag}:waiting"]
 

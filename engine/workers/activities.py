@@ -35,6 +35,7 @@ from engine.config import Settings
 from engine.core.codec import decode_task_entry
 from engine.core.model import Task
 from engine.errors import ConfigError, PoisonMessage, StoreUnavailable
+from engine.runtime import tracing
 from engine.runtime.consume import Entry, GroupReader
 from engine.runtime.metrics import WorkflowMetrics
 from engine.runtime.observe import ActivityObserver
@@ -48,6 +49,7 @@ from engine.workers.breaker import CircuitBreakers
 from engine.workers.code.serving import CodeServing
 from engine.workers.handler_errors import Handler, handler_error
 from engine.workers.http.serving import HttpServing
+from engine.workers.limits import ServiceLimits
 
 log = logging.getLogger("foldflow.activities")
 
@@ -126,6 +128,9 @@ class ActivityWorker:
         self._running: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self.breakers = CircuitBreakers(self.store, settings.breaker_threshold, settings.breaker_cooldown_ms)
+        self.limits = ServiceLimits(self.store, self.keys, group=ACTIVITY_GROUP, consumer=self.consumer,
+                                    claim_idle_ms=settings.task_claim_idle_ms,
+                                    max_unslotted=settings.concurrency)  # per-service limits (issue 16)
         self.reports = ScriptBatcher(self.store, "complete_task")
         self.completed = 0
         self.failed = 0
@@ -162,6 +167,7 @@ class ActivityWorker:
     def observed_by(self, metrics: WorkflowMetrics) -> None:
         if self.observer is None:
             self.observer = ActivityObserver(metrics)
+        self.limits.metrics = metrics
         if self.http is not None:
             phases = {phase: metrics.http_overhead.labels(phase) for phase in ("before", "after")}
             self.http.observe = lambda phase, seconds: phases[phase].observe(seconds)
@@ -169,7 +175,7 @@ class ActivityWorker:
     def counters(self) -> dict[str, int]:
         counts = {"completed": self.completed, "failed": self.failed, "stale": self.stale,
                   "breakers_opened": self.breakers.opened, "reader_nogroup_recoveries": self.reader.nogroup_recoveries,
-                  "store_under_replicated": self.store.under_replicated}
+                  "store_under_replicated": self.store.under_replicated, "limit_waits": self.limits.waits}
         if self.http is not None:
             counts.update(self.http.counters())
         if self.code is not None:
@@ -258,22 +264,35 @@ class ActivityWorker:
             except PoisonMessage as exc:
                 await self._dead_letter(entry, str(exc))
                 return
-            if not await self._admitted(task):
-                return  # stopping while its service's breaker was open: it stays pending
-            started = time.perf_counter()
-            command, data = await self.execute(task)
-            await self.breakers.record(task.service, healthy=_healthy(command, data))
-            if self.observer is not None:  # ops: handler duration and outcome
-                self.observer.task_done(task, command, data, time.perf_counter() - started)
-            await self.report(task, command, data)
-            if self.http is not None:
-                self.http.reported(task, started)
+            if tracing.enabled:  # the attempt's span, from its dispatch to its report (engine.runtime.tracing)
+                with tracing.attempt(task) as span:
+                    span.ended(*await self._attempt(task))
+            else:
+                await self._attempt(task)
         except StoreUnavailable as exc:
             log.warning("could not report task %s (it stays pending): %s", entry_id, exc)
         except Exception:
             log.exception("task %s failed outside its handler", entry_id)
         finally:
+            await self.limits.release(stream, entry_id)
             self._slots.release()
+
+    async def _attempt(self, task: Task) -> tuple[str, dict[str, Any]]:
+        """Run a delivered task and report it: how that ended (completed, failed, stale, or
+        released: left pending) and the result."""
+        if not await self._admitted(task):
+            return "released", {}  # stopping while its service's breaker was open: it stays pending
+        if not await self.limits.admit(task, self._slots, self._stopping):
+            return "released", {}  # stopping while it waited for its service's limits: it stays pending
+        started = time.perf_counter()
+        command, data = await self.execute(task)
+        await self.breakers.record(task.service, healthy=_healthy(command, data))
+        if self.observer is not None:  # ops: handler duration and outcome
+            self.observer.task_done(task, command, data, time.perf_counter() - started)
+        outcome = await self.report(task, command, data)
+        if self.http is not None:
+            self.http.reported(task, started)
+        return outcome, data
 
     async def execute(self, task: Task) -> tuple[str, dict[str, Any]]:
         """Run the handler; the result command's type and data."""
@@ -303,7 +322,8 @@ class ActivityWorker:
             log.debug("task %s ran in %.3fs", task.task_id, time.perf_counter() - started)
         return "step.completed", {**base, "output": {} if result is None else result}
 
-    async def report(self, task: Task, command: str, data: dict[str, Any]) -> None:
+    async def report(self, task: Task, command: str, data: dict[str, Any]) -> str:
+        """Report the result; "completed", "failed", or "stale" (another worker holds the task now)."""
         try:
             body = orjson.dumps(data)
         except TypeError as exc:
@@ -324,10 +344,12 @@ class ActivityWorker:
         if isinstance(result, int) and result < 0:
             self.stale += 1
             log.warning("task %s was reclaimed by another worker; this late result is dropped", task.task_id)
-        elif command == "step.completed":
+            return "stale"
+        if command == "step.completed":
             self.completed += 1
-        else:
-            self.failed += 1
+            return "completed"
+        self.failed += 1
+        return "failed"
 
     async def _dead_letter(self, entry: Entry, reason: str, deliveries: int = 1) -> None:
         stream, entry_id, fields = entry

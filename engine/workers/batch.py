@@ -23,6 +23,7 @@ from engine.core.evolve import fold
 from engine.core.language.schema import violations
 from engine.core.model import (
     STATUS_NONE,
+    AdmitWorkflow,
     Envelope,
     Event,
     HistoryLarge,
@@ -38,6 +39,7 @@ from engine.store.errors import TRANSIENT
 from engine.store.events import AppendOutcome, AppendRequest, AppendResult, Store
 from engine.store.keys import ENGINE_GROUP, Keys
 from engine.store.plan import plan
+from engine.workers.admission import Admitter
 from engine.workers.cache import StateCache, current_states
 from engine.workers.catchup import Catchups, Wait, wait_of
 
@@ -125,6 +127,7 @@ class DeciderShell:
         self.clock = clock
         self.on_fenced = on_fenced  # a partition whose lease lapsed: the schedule stops reading it
         self.observer: Any = None  # ops: metrics and transition logs (engine.runtime.observe.EngineObserver)
+        self.admission = Admitter(store.redis, keys, catalog, lambda: self.clock())  # concurrency per key
 
     async def process(self, entries: list[Entry]) -> None:
         self.stats.batches += 1
@@ -189,6 +192,7 @@ class DeciderShell:
         if pending.again:
             log.warning("gave up on %d instances after %d version conflicts; redelivery will retry",
                         len(pending.again), MAX_ROUNDS)
+        await self.admission.flush()  # final events free their slots; the next queued get `admit`
         if pending.waits:
             await self.catchups.catch_up(pending.waits)
         if pending.unavailable:
@@ -199,7 +203,12 @@ class DeciderShell:
                             by_id: dict[str, Entry]) -> list[Decided]:
         states, lasts = await current_states(self.cache, self.store, todo, stale)
         starts = await self._prefetch_definitions(todo, states)
+        refused = await self.admission.admit(todo, states, starts)  # concurrency slots, before deciding
         rnd = _Round(by_id, self.clock(), starts)
+        for env, why in refused:  # a start whose concurrency key cannot be rendered
+            rnd.poison.append((by_id[env.entry_id], why))
+            if isinstance(env.command, StartWorkflow) and env.command.parent is not None:
+                rnd.orphans.append((env.instance_id, env.command, why))
         decided: list[Decided] = []
         for iid, envs in todo.items():
             state = states[iid]
@@ -234,6 +243,9 @@ class DeciderShell:
         kept: list[Envelope] = []
         for env in envs:
             cmd = env.command
+            if state.status == STATUS_NONE and isinstance(cmd, AdmitWorkflow):
+                kept.append(env)  # it overtook the redelivered start it was granted for: that start runs
+                continue
             if state.status == STATUS_NONE and not isinstance(cmd, StartWorkflow):
                 reason = f"unknown instance {iid!r}: no workflow was started with this id"
                 rnd.poison.append((rnd.by_id[env.entry_id], reason))
@@ -367,6 +379,7 @@ class DeciderShell:
         cached = self.cache.get(iid)
         last = res.last_id or (cached[1] if cached else None)
         self.cache.put(iid, d.state, last)
+        self.admission.written(d.state, req.events)
         if self.observer is not None:  # ops: outcome metrics, one log line per transition
             self.observer.appended(iid, req.events, d.state)
         self.stats.events += len(req.events)

@@ -28,12 +28,14 @@ from engine.store.connection import Redis
 from engine.store.events import Store
 from engine.store.keys import ENGINE_GROUP, ROUTER_GROUP, Keys
 from engine.store.leases import PartitionLeases
+from engine.workers.admission import Reconciler
 from engine.workers.batch import DeciderShell, Stats
 from engine.workers.cache import StateCache
 from engine.workers.catchup import CATCHUP_GRACE_MS, Catchups
 from engine.workers.housekeeping import Housekeeping
 from engine.workers.relay import OutboxRelay
 from engine.workers.router import EventRouter
+from engine.workers.scheduler import Scheduler
 from engine.workers.timers import TimerPoller
 
 __all__ = ["CATCHUP_GRACE_MS", "EngineWorker", "StateCache", "Stats", "clock_ms"]
@@ -167,6 +169,11 @@ class EngineWorker:
             asyncio.create_task(self.router.run(), name="router"),
             asyncio.create_task(self.relay.run(), name="relay"),
             asyncio.create_task(self.timers.run(), name="timers"),
+            # issue 16 anchor: schedules
+            asyncio.create_task(Scheduler.of(self).run(), name="scheduler"),
+            # issue 16 anchor: batches
+            # issue 16 anchor: admission
+            asyncio.create_task(Reconciler.of(self).run(), name="admission"),
         ]
         try:
             await self._consume()

@@ -47,7 +47,7 @@ from tests.support.tools import ROOT, WORKER_KNOBS, foldflow_env, missing, requi
 pytestmark = pytest.mark.redis
 
 ACL_FILE = ROOT / "deploy" / "acl" / "users.acl"
-ROLES = ("client", "engine", "activities", "projector", "reader", "api", "admin", "bridge")
+ROLES = ("client", "engine", "activities", "projector", "reader", "api", "admin", "bridge", "batches")
 ROOT_USER = "fftest-root"  # test-only superuser: reads ACL LOG, flushes; not part of users.acl
 
 

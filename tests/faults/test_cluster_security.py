@@ -91,6 +91,7 @@ def test_ask_redirects_of_a_slot_in_migration_are_followed_by_every_role(acl_clu
         "activities": ("XLEN", "{ff:0}:tasks:ask-probe"), "projector": ("XRANGE", "{ff:0}:i:ask-probe", "-", "+"),
         "reader": ("HGET", "{ff:0}:x:ask-probe", "f"), "api": ("XRANGE", "{ff:0}:i:ask-probe", "-", "+"),
         "admin": ("XRANGE", "{ff:0}:i:ask-probe", "-", "+"), "bridge": ("XRANGE", "{ff:0}:i:ask-probe", "-", "+"),
+        "batches": ("XRANGE", "{ff:0}:i:ask-probe", "-", "+"),
     }
     assert set(probes) == set(ROLES)
     nodes = acl_cluster.cluster.nodes

@@ -126,8 +126,13 @@ def test_a_retry_policy_in_json_under_a_step_config_is_checked() -> None:
         # JSON envelope: the top level and the definition body
         ({**envelope(call("a")), "descripton": "x"}, "descripton", "unknown field 'descripton' (did you mean 'description'?)"),
         (envelope(call("a"), concurency=4), "definition.concurency",
-         "unknown field 'concurency' (known: steps, error_handlers, config, timeout, timeout_ms, retry_policy, input, "
-         "output, compensation)"),
+         "unknown field 'concurency' (did you mean 'concurrency'?)"),
+        (yaml_doc(call("a"), concurency={"key": "{{ tenant }}"}), "spec.concurency",
+         "unknown field 'concurency' (did you mean 'concurrency'?)"),
+        (envelope(call("a"), concurrency={"key": "{{ tenant }}", "limt": 2}), "definition.concurrency.limt",
+         "unknown field 'limt' (did you mean 'limit'?)"),
+        (yaml_doc(call("a"), concurrency={"key": "{{ tenant }}", "on_limt": "queue"}), "spec.concurrency.on_limt",
+         "unknown field 'on_limt' (did you mean 'on_limit'?)"),
         (envelope(call("a"), error_handler=[]), "definition.error_handler",
          "unknown field 'error_handler' (did you mean 'error_handlers'?)"),
         # bare body
@@ -336,3 +341,16 @@ def test_a_stored_definition_loads_even_when_a_newer_check_would_refuse_it() -> 
     assert [s.name for s in stored.steps] == ["a", "b"]
     with pytest.raises(PoisonMessage, match="no longer validates"):  # what never validated still does not
         parse_stored(orjson.dumps({"name": "old", "version": "1", "definition": {"steps": []}}))
+
+
+def test_definitions_validate_reports_a_misspelt_top_level_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`foldflow definitions validate` refuses `definition.concurency` (exit 2), naming the path and the fix."""
+    from engine.ops.cli import main
+
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(envelope(call("a"), concurency={"key": "{{ input.user }}", "limit": 1})))
+    assert main(["definitions", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "definition.concurency" in err and "did you mean 'concurrency'?" in err, err
+    path.write_text(json.dumps(envelope(call("a"), concurrency={"key": "{{ input.user }}", "limit": 1})))
+    assert main(["definitions", "validate", str(path)]) == 0

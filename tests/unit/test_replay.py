@@ -198,6 +198,14 @@ SCRIPTS: dict[str, list[tuple[int, dict[str, Any], str | None]]] = {
         _event(600, 1),
         _control(700, "resume", "op-resume-1"),
     ],
+    # admission control: the engine worker found no free slot for the start's concurrency key
+    "agent_queued_then_admitted": [
+        (0, {**_start()[1], "priority": 7, "tenant": "acme",
+             "admission": {"outcome": "queue", "key": "acme", "limit": 1}}, "start:agent-1"),
+        _control(5_000, "admit", "admit:agent-1", key="acme"),
+        _result(5_100, PREP, 1, output={"prepared": True}),
+        _control(5_200, "cancel", "op-cancel-1", reason="done for now"),
+    ],
 }
 
 

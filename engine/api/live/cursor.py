@@ -14,6 +14,7 @@ from engine.errors import InvalidInput
 
 _ENTRY_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 ORIGIN = "0-0"
+_MAX_PART = 2**64 - 1
 
 
 def entry_id(raw: str, what: str = "after") -> str:
@@ -21,9 +22,14 @@ def entry_id(raw: str, what: str = "after") -> str:
     raw = raw.strip()
     if raw.isdigit() and len(raw) <= 20:
         raw = f"{raw}-0"
-    if not _ENTRY_ID.match(raw):
+    m = _ENTRY_ID.match(raw)
+    if not m:
         raise InvalidInput(f"{what} must be a stream entry id such as 1733150000000-0 (the id: of a message), "
                            f"not {raw[:80]!r}")
+    ms, seq = int(m.group(1)), int(m.group(2))
+    # Redis refuses parts past 64 bits, and reading after the very last id (an exclusive start past it)
+    if ms > _MAX_PART or seq > _MAX_PART or (ms, seq) == (_MAX_PART, _MAX_PART):
+        raise InvalidInput(f"{what} {raw[:80]!r} is past the last stream entry id Redis can hold")
     return raw
 
 

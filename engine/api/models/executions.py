@@ -31,6 +31,10 @@ class StartExecution(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The definition version to run (the latest when omitted)."""
     execution_id: ExecutionId | None = None
     """Chosen by the client; a repeat with the same body returns the same execution."""
+    priority: Annotated[int, Meta(ge=0, le=9)] = 0
+    """0-9, higher is more urgent: the order queued starts of one concurrency key are admitted in."""
+    tenant: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    """Whose start this is; a definition's concurrency key may be `{{ tenant }}` (fairness between tenants)."""
 
 
 class ExecutionStarted(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from engine.api.models.limits import LimitsView
 from engine.store.services import MAX_CALL_TIMEOUT_MS, MAX_CHECK_TIMEOUT_MS, MAX_INTERVAL_MS, MAX_WEIGHT, MIN_INTERVAL_MS
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$",
@@ -100,6 +101,7 @@ class Service(msgspec.Struct):
     tls: TlsView | None
     created_at: str | None
     updated_at: str | None
+    limits: LimitsView | None = None  # its limits across the cluster, when set (GET /services/{id}; issue 16)
 
 
 class ServicePage(msgspec.Struct):

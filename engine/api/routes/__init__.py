@@ -13,3 +13,15 @@ ROUTES: list[Any] = [*health.ROUTES, *workflows.ROUTES, *steps.ROUTES, *executio
 ROUTES += UI_ROUTES
 ROUTES += testing.ROUTES  # test runs on the in-memory engine (issue 14, seed 004)
 ROUTES += V1_ROUTES
+# issue 16 anchor: schedules
+from engine.api.routes import schedules  # noqa: E402, I001
+ROUTES += schedules.ROUTES
+# issue 16 anchor: batches
+from engine.api.routes import batches  # noqa: E402, I001
+ROUTES += batches.ROUTES
+# issue 16 anchor: tracing
+# issue 16 anchor: admission
+# issue 16 anchor: limits
+from engine.api.routes import limits  # noqa: E402  (per-service limits, issue 16)
+
+ROUTES += limits.ROUTES

@@ -38,6 +38,7 @@ from engine.api.executions.views import (
     started,
     summary,
 )
+from engine.api.live.cursor import entry_id
 from engine.api.models.executions import (
     EXECUTION_ID_PATTERN,
     ControlRequest,
@@ -63,8 +64,10 @@ from engine.core.model import (
     STATUS_FAILED,
     STATUS_NONE,
     STATUS_PAUSED,
+    STATUS_QUEUED,
     STATUS_RUNNING,
     CommandRejected,
+    WorkflowQueued,
     WorkflowStarted,
 )
 from engine.errors import InvalidContext, NotFound, UnknownInstance
@@ -75,13 +78,14 @@ TAGS = ["executions"]
 # _cancel/_pause/_resume/_retry; tests/unit/api/test_executions.py checks they agree), checked
 # here first so a refusal is a 409 now rather than a rejection event later.
 ACCEPTS = {
-    "cancel": frozenset({STATUS_CREATED, STATUS_RUNNING, STATUS_PAUSED, STATUS_FAILED, STATUS_COMPENSATING}),
+    "cancel": frozenset({STATUS_CREATED, STATUS_QUEUED, STATUS_RUNNING, STATUS_PAUSED, STATUS_FAILED,
+                         STATUS_COMPENSATING}),
     "pause": frozenset({STATUS_RUNNING}),
     "resume": frozenset({STATUS_PAUSED}),
     "retry": frozenset({STATUS_FAILED}),
 }
 Command = Literal["cancel", "pause", "resume", "retry"]
-Status = Literal["created", "running", "paused", "failed", "completed", "cancelled", "compensating", "compensated"]
+Status = Literal["created", "queued", "running", "paused", "failed", "completed", "cancelled", "compensating", "compensated"]
 
 ExecutionIdParam = Annotated[str, PathParameter(pattern=EXECUTION_ID_PATTERN, max_length=200,
                                                 description="the execution's id")]
@@ -165,13 +169,13 @@ async def start_execution(services: NamedDependency[Services], data: JSONBody[St
     try:
         iid = await services.client.start(name, data.context, version=data.version,
                                           correlation_id=data.correlation_id, instance_id=iid,
-                                          traceparent=traceparent)
+                                          traceparent=traceparent, priority=data.priority, tenant=data.tenant)
     except InvalidContext as exc:
         raise Problem(422, f"the context does not match the input schema of {name!r}",
                       errors=schema_items(exc.problems)) from None
-    seen = await reads.wait(iid, None, _has(WorkflowStarted), _wait(services, wait_ms))
+    seen = await reads.wait(iid, None, _has((WorkflowStarted, WorkflowQueued)), _wait(services, wait_ms))
     folded = Folded(seen)
-    if folded.created is None:
+    if folded.created is None or folded.state.status == STATUS_QUEUED:  # queued: waits for a concurrency slot
         return Response(pending(iid, name, data, services.settings.prefix), status_code=202)
     diff = mismatch(folded.created, name, data)
     if diff:  # a concurrent start of the same id got there first
@@ -180,7 +184,7 @@ async def start_execution(services: NamedDependency[Services], data: JSONBody[St
     return Response(started(folded.state, names, services.settings.prefix), status_code=200)
 
 
-def _has(kind: type) -> Any:
+def _has(kind: type | tuple[type, ...]) -> Any:
     return lambda seen: any(isinstance(e, kind) for _, e, _ in seen)
 
 
@@ -247,7 +251,7 @@ async def get_state(services: NamedDependency[Services], execution_id: Execution
      summary="The execution's events in order, paged by entry id", responses=problems(400, 404))
 async def get_history(services: NamedDependency[Services], execution_id: ExecutionIdParam, after: EntryId = None,
                       limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100) -> HistoryPage:
-    page = await Reads(services).page(execution_id, after, limit)
+    page = await Reads(services).page(execution_id, entry_id(after) if after is not None else None, limit)
     if not page and after is None:
         raise UnknownInstance(f"no history for execution {execution_id!r} (unknown, or its stream retired)")
     events = [history_event(eid, version, event, ts) for eid, version, event, ts in page]

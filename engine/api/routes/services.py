@@ -33,6 +33,7 @@ from engine.api.models.services import (
     TlsView,
 )
 from engine.api.problems import Problem, ProblemItem, problems
+from engine.api.routes.limits import limits_view_of
 from engine.errors import NotFound
 from engine.outbound.health import check_service, checking_session
 from engine.outbound.safety import AddressPolicy
@@ -162,7 +163,9 @@ async def list_services(
      summary="One service, with each instance's last check", responses=problems(404))
 async def get_service(directory: NamedDependency[Directory], service_id: ServiceId) -> Service:
     record = await _found(directory, service_id)
-    return service_view(record, await directory.registry.checks(record.id))
+    view = service_view(record, await directory.registry.checks(record.id))
+    limits = await limits_view_of(directory.registry.redis, directory.registry.keys, record.name)
+    return view if limits is None else msgspec.structs.replace(view, limits=limits)
 
 
 @put("/services/{service_id:str}", tags=TAGS, operation_id="updateService",

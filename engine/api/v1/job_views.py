@@ -13,10 +13,11 @@ from engine.api.v1.models.jobs import Job, JobStatus, JobSummary, NodeResult
 from engine.api.workflow_ids import workflow_uuid
 from engine.core.model import State, encode
 
-# The engine's statuses in seed 001's words: a paused or compensating execution is still
-# under way, and a compensated one failed (its effects were undone).
+# The engine's statuses in seed 001's words: a queued one (waiting for a concurrency slot) is
+# pending, a paused or compensating execution is still under way, and a compensated one failed
+# (its effects were undone).
 JOB_STATUS: dict[str, JobStatus] = {
-    "created": "pending", "running": "running", "paused": "running", "compensating": "running",
+    "created": "pending", "queued": "pending", "running": "running", "paused": "running", "compensating": "running",
     "completed": "completed", "failed": "failed", "compensated": "failed", "cancelled": "cancelled",
 }
 NATIVE: dict[JobStatus, tuple[str, ...]] = {

@@ -113,6 +113,14 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     follow_redirects: bool = False
 
 
+class Concurrency(msgspec.Struct, frozen=True, kw_only=True):
+    """At most ``limit`` instances of the workflow (all versions) per rendered ``key`` run at once."""
+
+    key: str  # a template over the start: input (= context), tenant, correlation_id
+    limit: int = 1
+    on_limit: str = "queue"  # "queue" | "cancel_newest" | "cancel_oldest"
+
+
 class Definition(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     name: str
     version: str
@@ -123,6 +131,7 @@ class Definition(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     compensation: tuple[Step, ...] = ()  # run in reverse order when the workflow fails
     input_schema: dict[str, Any] | None = None  # JSON Schema for the start context
     output: Any = None  # spec.output: {"values": templates} and/or {"schema": ...}
+    concurrency: Concurrency | None = None  # admission control per key (engine/workers/admission.py)
 
     def __post_init__(self) -> None:
         # Frozen structs refuse attributes; dict=True gives a side table that

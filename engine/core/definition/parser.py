@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.core.definition.concurrency import read_concurrency
 from engine.core.definition.document import MAX_DOCUMENT_BYTES, document_of
 from engine.core.definition.fields import FLOW, Owner, Reader, at, join
 from engine.core.definition.handlers import error_handlers, retry_policy
@@ -118,13 +119,14 @@ def _build(r: Reader, doc: dict[str, Any], name: str | None, version: str | None
     check_references(r, steps, compensation, drafts)
     input_schema = _input_schema(r, body, body_path)
     output = _output(r, body, body_path)
+    concurrency = read_concurrency(r, body, body_path)
     if r.strict:
         check_reads(r, steps, compensation)
     if r.problems:
         raise DefinitionError(r.problems)
     return Definition(name=name, version=version, description=description, steps=tuple(steps),
                       error_handlers=handler_list, timeout_ms=timeout_ms, compensation=tuple(compensation),
-                      input_schema=input_schema, output=output)
+                      input_schema=input_schema, output=output, concurrency=concurrency)
 
 
 def _shape(r: Reader, doc: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any] | None, str]:

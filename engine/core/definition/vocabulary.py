@@ -35,7 +35,9 @@ YAML_FIELDS: Final = ("apiVersion", "kind", "metadata", "spec")
 METADATA_FIELDS: Final = ("name", "version", "description", "tags", "labels")
 ENVELOPE_FIELDS: Final = ("name", "version", "description", "definition")
 BODY_FIELDS: Final = ("steps", "error_handlers", "config", "timeout", "timeout_ms", "retry_policy", "input", "output",
-                      "compensation")
+                      "compensation", "concurrency")
+CONCURRENCY_FIELDS: Final = ("key", "limit", "on_limit")
+ON_LIMIT: Final = ("queue", "cancel_newest", "cancel_oldest")
 BARE_FIELDS: Final = ("name", "version", "description", *BODY_FIELDS)  # a bare body may name itself
 CONFIG_FIELDS: Final = ("timeout", "timeout_ms", "retry_policy")
 INPUT_FIELDS: Final = ("schema",)

@@ -24,6 +24,7 @@ from engine.config import Settings
 from engine.core.model import Task
 from engine.outbound.safety import AddressPolicy, AddressRefused, GuardedResolver, refused_in
 from engine.outbound.settings import HttpSettings
+from engine.runtime import tracing
 from engine.workers.http import outcome
 from engine.workers.http.request import BadRequest, Request, build
 from engine.workers.http.secrets import MissingSecret, Secrets
@@ -85,7 +86,7 @@ class HttpExecutor:
             request = build(task, target.base_url or "", target.headers, self.secrets)
             meta.update(method=request.method, url=request.shown_url)
             timeout_ms = self._timeout_ms(task, target)
-            status, reason, headers, body, sent_at = await self._send(request, target, timeout_ms)
+            status, reason, headers, body, sent_at = await self._traced(request, target, timeout_ms)
             timing = Timing(sent_at, time.perf_counter())
         except Failure as failure:
             return "step.failed", self._result(base, {"error": self._clean(failure.error)}, meta, begun), timing
@@ -125,6 +126,18 @@ class HttpExecutor:
         if isinstance(step, int) and step > 0:
             return step
         return target.timeout_ms or self.http.timeout_ms
+
+    async def _traced(self, request: Request, target: Target, timeout_ms: int
+                      ) -> tuple[int, str, Mapping[str, str], bytes, float]:
+        """_send, inside a CLIENT span when tracing is on: the request carries the span's traceparent."""
+        if not tracing.enabled:
+            return await self._send(request, target, timeout_ms)
+        with tracing.http_call(request.method, request.shown_url) as span:
+            carried = request._replace(headers={**request.headers, "traceparent": span.traceparent},
+                                       own_headers=request.own_headers | {"traceparent"})
+            answer = await self._send(carried, target, timeout_ms)
+            span.answered(answer[0])
+            return answer
 
     async def _send(self, request: Request, target: Target, timeout_ms: int
                     ) -> tuple[int, str, Mapping[str, str], bytes, float]:
