@@ -336,17 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_api_commands(sub)
     from engine.ops.services_cli import add_commands as add_services_commands
     add_services_commands(sub)
-    # issue 16 anchor: schedules
     from engine.ops.schedules_cli import add_commands as add_schedules_commands
     add_schedules_commands(sub)
-    # issue 16 anchor: batches
     from engine.ops.batches_cli import add_commands as add_batches_commands
     add_batches_commands(sub)
-    # issue 16 anchor: tracing
-    # issue 16 anchor: admission
     from engine.ops.admission_cli import add_commands as add_admission_commands
     add_admission_commands(sub)
-    # issue 16 anchor: limits
     return p
 
 

@@ -173,12 +173,10 @@ class Keys:
 
     inbox_partition = stream_partition
 
-    # issue 16 anchor: schedules
     def sched(self, part: str) -> str:
         """Schedules (engine/store/schedules.py), all under the tag {<prefix>:sched}: part is
         names | due | claims, or s:<name> (definition and state), runs:<name>, req:<name>."""
         return "{%s:sched}:%s" % (self.prefix, part)
-    # issue 16 anchor: batches
     @property
     def batches(self) -> str:
         """Sorted set: every batch id, scored by its creation ms (GET /batches pages it)."""
@@ -192,8 +190,6 @@ class Keys:
     def batch(self, batch_id: str, part: str) -> str:
         """One batch's keys (part: rec | items | seen | failures | lease), under one hash tag."""
         return "{%s:batch:%s}:%s" % (self.prefix, batch_id, part)
-    # issue 16 anchor: tracing
-    # issue 16 anchor: admission
     def conc(self, digest: str, part: str) -> str:
         """One (workflow, concurrency key)'s admission keys under one hash tag (part: holders |
         queue | seq | evicted); ``digest`` is conc_digest(workflow, key)."""
@@ -207,7 +203,6 @@ class Keys:
     def conc_index(self) -> str:
         """Hash: conc digest -> {workflow, key, limit, at} of every key with slots (the reconciler walks it)."""
         return f"{self.prefix}:conc:index"
-    # issue 16 anchor: limits
     @property
     def limit_configs(self) -> str:
         """Hash: service -> its limits (JSON); engine/store/limits.py."""

@@ -169,10 +169,7 @@ class EngineWorker:
             asyncio.create_task(self.router.run(), name="router"),
             asyncio.create_task(self.relay.run(), name="relay"),
             asyncio.create_task(self.timers.run(), name="timers"),
-            # issue 16 anchor: schedules
             asyncio.create_task(Scheduler.of(self).run(), name="scheduler"),
-            # issue 16 anchor: batches
-            # issue 16 anchor: admission
             asyncio.create_task(Reconciler.of(self).run(), name="admission"),
         ]
         try:

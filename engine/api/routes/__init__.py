@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.api.routes import events, executions, health, live, services, steps, testing, workflows
+from engine.api.routes import (
+    batches,
+    events,
+    executions,
+    health,
+    limits,
+    live,
+    schedules,
+    services,
+    steps,
+    testing,
+    workflows,
+)
 from engine.api.ui import ROUTES as UI_ROUTES  # the web UI and the routes it adds (after the above: it uses them)
 from engine.api.v1 import ROUTES as V1_ROUTES  # seed 001's /api/v1 face (issue 14)
 
@@ -13,15 +25,4 @@ ROUTES: list[Any] = [*health.ROUTES, *workflows.ROUTES, *steps.ROUTES, *executio
 ROUTES += UI_ROUTES
 ROUTES += testing.ROUTES  # test runs on the in-memory engine (issue 14, seed 004)
 ROUTES += V1_ROUTES
-# issue 16 anchor: schedules
-from engine.api.routes import schedules  # noqa: E402, I001
-ROUTES += schedules.ROUTES
-# issue 16 anchor: batches
-from engine.api.routes import batches  # noqa: E402, I001
-ROUTES += batches.ROUTES
-# issue 16 anchor: tracing
-# issue 16 anchor: admission
-# issue 16 anchor: limits
-from engine.api.routes import limits  # noqa: E402  (per-service limits, issue 16)
-
-ROUTES += limits.ROUTES
+ROUTES += schedules.ROUTES + batches.ROUTES + limits.ROUTES  # issue 16
