@@ -209,8 +209,8 @@ async def _drain(run_task: asyncio.Task[Any], stopping: asyncio.Event, settings:
     if not run_task.done():
         done, _ = await asyncio.wait({run_task}, timeout=settings.shutdown_timeout_ms / 1000)
         if not done:
-            log.warning("in-flight work did not finish within %.1fs; leaving it to redelivery",
-                        settings.shutdown_timeout_ms / 1000)
+            log.warning("in-flight work did not finish within %.1fs; leaving it to redelivery; still running: %s",
+                        settings.shutdown_timeout_ms / 1000, still_running())
             run_task.cancel()
             await asyncio.gather(run_task, return_exceptions=True)
             code = 1
@@ -219,6 +219,24 @@ async def _drain(run_task: asyncio.Task[Any], stopping: asyncio.Event, settings:
     if code == 0:
         log.info("stopped cleanly", extra=extra)
     return code
+
+
+def still_running(limit: int = 12) -> str:
+    """Each unfinished task with the innermost await it is suspended in: what a drain that ran out
+    of time was waiting for (an operator, or a test's log, can then say which loop did not stop)."""
+    out = []
+    for task in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
+        if task.done() or task is asyncio.current_task():
+            continue
+        coro: Any = task.get_coro()
+        chain = []
+        while coro is not None and hasattr(coro, "cr_frame"):
+            if coro.cr_frame is not None:
+                code = coro.cr_frame.f_code
+                chain.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{coro.cr_frame.f_lineno} {code.co_name}")
+            coro = getattr(coro, "cr_await", None)
+        out.append(f"{task.get_name()} at {' > '.join(chain[-3:]) or '?'}")
+    return "; ".join(out[:limit]) + (f"; and {len(out) - limit} more" if len(out) > limit else "")
 
 
 async def _run_after_setup(runner: Any) -> Any:

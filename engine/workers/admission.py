@@ -196,21 +196,30 @@ class Reconciler:
         self.every_s = every_s
         self.released = 0  # slots freed by the reconciler
         self.readmitted = 0  # admit commands sent again
+        self._stopping = asyncio.Event()
 
     @classmethod
     def of(cls, worker: Any) -> Reconciler:
         """The reconciler of an engine worker (engine.workers.engine.EngineWorker)."""
         return cls(worker.batch.admission, worker.store)
 
+    def stop(self) -> None:
+        self._stopping.set()
+
     async def run(self) -> None:
-        while True:
+        # Ends on stop(), not only on cancel: a cancellation that lands inside a Redis call can come
+        # back as a connection error, which the loop treats as Redis being away (and goes on).
+        while not self._stopping.is_set():
             try:
                 await self.once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away, a bad index entry: try again next period
                 log.warning("admission reconcile failed: %s", exc)
-            await asyncio.sleep(self.every_s)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.every_s)
+            except TimeoutError:
+                pass
 
     async def once(self) -> None:
         now = self.admitter.clock()

@@ -92,6 +92,8 @@ class EngineWorker:
         self.batch = DeciderShell(self.store, self.keys, self.catalog, self.cache, self.catchups, self.stats,
                                   settings, self.consumer, clock, self._lose)
         self.batch.observer = observer
+        self.scheduler = Scheduler.of(self)  # schedules (issue 16)
+        self.reconciler = Reconciler.of(self)  # concurrency slots held by crashed starts (issue 16)
         self.reader.set_streams([])
         self._stopping = asyncio.Event()
 
@@ -161,6 +163,8 @@ class EngineWorker:
         self.router.stop()
         self.relay.stop()
         self.timers.stop()
+        self.scheduler.stop()
+        self.reconciler.stop()
 
     async def run(self) -> None:
         if not await prepare_when_reachable(self.prepare, self._stopping, "engine worker"):
@@ -169,8 +173,8 @@ class EngineWorker:
             asyncio.create_task(self.router.run(), name="router"),
             asyncio.create_task(self.relay.run(), name="relay"),
             asyncio.create_task(self.timers.run(), name="timers"),
-            asyncio.create_task(Scheduler.of(self).run(), name="scheduler"),
-            asyncio.create_task(Reconciler.of(self).run(), name="admission"),
+            asyncio.create_task(self.scheduler.run(), name="scheduler"),
+            asyncio.create_task(self.reconciler.run(), name="admission"),
         ]
         try:
             await self._consume()

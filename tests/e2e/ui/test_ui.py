@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from playwright.sync_api import expect
 
 from engine.core.codec import command_fields
 from engine.store.connection import connect
@@ -148,7 +149,9 @@ def test_the_list_shows_a_run_started_over_http_and_new_ones_live(api: str, page
     page.select_option('select[name="status"]', "running")
     page.fill('input[name="correlation_id"]', "c-ui-list")
     page.click('form.filters button[type="submit"]')
-    page.wait_for_function("document.querySelectorAll('#executions-body tr[data-id]').length === 2")
+    # Locators, not wait_for_function: its polling evaluates a string in the page, which the UI's
+    # Content-Security-Policy (script-src 'self', no unsafe-eval) refuses whenever the first check fails.
+    expect(page.locator("#executions-body tr[data-id]")).to_have_count(2, timeout=30_000)
     assert "correlation_id=c-ui-list" in page.url
     shot(page, "executions")
 
@@ -328,7 +331,7 @@ def test_a_10000_event_history_opens_and_scrolls(api: str, long_history: Flood, 
     assert page.locator("#history .hrow").count() < 200  # virtualised: only the rows in view exist
     began = time.monotonic()
     page.eval_on_selector("#history", "el => { el.scrollTop = el.scrollHeight / 2; }")
-    page.wait_for_function("document.querySelectorAll('#history .hrow[data-version]').length > 10")
+    expect(page.locator("#history .hrow[data-version]").nth(10)).to_be_attached(timeout=30_000)  # more than 10 rows
     back = time.monotonic() - began
     print(f"\n{events}-event history: first rows {opened:.2f} s, scrolled to the last {to_end:.2f} s, "
           f"back to the middle {back:.2f} s")
