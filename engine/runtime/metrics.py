@@ -115,6 +115,15 @@ ENGINE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
      "Consumer groups found missing (NOGROUP) and recreated: an alarm."),
     ("store_under_replicated", "counter", "foldflow_engine_under_replicated_batches",
      "Batches of writes fewer replicas than FOLDFLOW_WAIT_REPLICAS acknowledged in time."),
+    ("schedules_started", "counter", "foldflow_schedule_starts", "Executions this worker started for schedules."),
+    ("admission_admitted", "counter", "foldflow_admission_admitted",
+     "Queued instances given a concurrency slot (an admit command sent)."),
+    ("admission_evicted", "counter", "foldflow_admission_evicted",
+     "Slot holders cancelled by a newer start (on_limit: cancel_oldest)."),
+    ("admission_released", "counter", "foldflow_admission_released",
+     "Slots the reconciler freed: their holder had ended or never started (a crash)."),
+    ("admission_readmitted", "counter", "foldflow_admission_readmitted",
+     "Admit commands the reconciler sent again (lost in a crash)."),
 )
 ACTIVITY_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("completed", "counter", "foldflow_activity_completed", "Task results reported as completed."),

@@ -144,6 +144,9 @@ class EngineWorker:
             "timers_fired": self.timers.fired, "relay_relayed": self.relay.relayed,
             "reader_nogroup_recoveries": self.reader.nogroup_recoveries,
             "store_under_replicated": self.store.under_replicated,
+            "schedules_started": self.scheduler.started,
+            "admission_admitted": self.batch.admission.admitted, "admission_evicted": self.batch.admission.evicted,
+            "admission_released": self.reconciler.released, "admission_readmitted": self.reconciler.readmitted,
         }
 
     # -- lifecycle -----------------------------------------------------------
