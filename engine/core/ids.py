@@ -16,6 +16,9 @@ import orjson
 # they are restricted to a safe alphabet (streams.md, "Instance ids").
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,199}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
+# A task of an instance with priority n > 0 goes to its queue's lane ``<queue stream>:p<n>``
+# (engine.store.keys.Keys.tasks): a queue (a step's service) may not end like that itself.
+LANE_SUFFIX_RE = re.compile(r":p([1-9])$")
 # W3C trace context, version 00 (https://www.w3.org/TR/trace-context/#traceparent-header).
 TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 

@@ -71,39 +71,42 @@ class GroupReader:
             if cursor == "0-0":
                 return out
 
-    async def read(self, count: int, block_ms: int | None) -> list[Entry]:
-        if not self.streams:
+    async def read(self, count: int, block_ms: int | None, only: Sequence[str] | None = None) -> list[Entry]:
+        """Up to count new entries per stream (of ``only`` when given: some of the streams, e.g.
+        priority lanes read before the rest; block_ms None: no wait)."""
+        streams = self.streams if only is None else list(only)
+        if not streams:
             # Nothing to read yet (an HTTP executor before any service resolves): wait as a
             # blocking read would, or the caller's loop spins and starves the event loop.
             await asyncio.sleep((block_ms or 0) / 1000 or _POLL_MAX_S)
             return []
         if self.cluster:
-            return await self._poll(count, block_ms or 0)
+            return await self._poll(streams, count, block_ms or 0)
         try:
             reply = await self.redis.xreadgroup(
-                self.group, self.consumer, {s: ">" for s in self.streams}, count=count, block=block_ms
+                self.group, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms
             )
         except TRANSIENT as exc:
             raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
         except REFUSED as exc:
             if not is_nogroup(exc):
                 raise
-            await self.recover(self.streams, "XREADGROUP")
+            await self.recover(streams, "XREADGROUP")
             return []
         return _entries(reply)
 
-    async def _poll(self, count: int, block_ms: int) -> list[Entry]:
+    async def _poll(self, streams: list[str], count: int, block_ms: int) -> list[Entry]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_ms / 1000
         while True:
             pipe = self.redis.pipeline(transaction=False)
-            for stream in self.streams:
+            for stream in streams:
                 pipe.xreadgroup(self.group, self.consumer, {stream: ">"}, count=count)
             try:
                 replies = await pipe.execute(raise_on_error=False)
             except TRANSIENT as exc:
                 raise StoreUnavailable(f"redis unavailable reading {self.group}: {exc}") from exc
-            missing = [s for s, r in zip(self.streams, replies) if is_nogroup(r)]
+            missing = [s for s, r in zip(streams, replies) if is_nogroup(r)]
             for r in replies:
                 if isinstance(r, TRANSIENT):
                     raise StoreUnavailable(f"redis unavailable reading {self.group}: {r}") from r

@@ -27,7 +27,7 @@ from engine.runtime.metrics import RedisSnapshot
 from engine.runtime.role import Role
 from engine.runtime.stuck import find_stuck
 from engine.store.connection import Redis, is_cluster
-from engine.store.inventory import breaker_states, dead_letters, group_info
+from engine.store.inventory import add_lag, breaker_states, dead_letters, group_info
 from engine.store.keys import ACTIVITY_GROUP, ENGINE_GROUP, ROUTER_GROUP, Keys
 from engine.store.replies import text
 
@@ -145,10 +145,12 @@ class Probe:
                 snap.stuck = 0
         elif self.role == "activities":
             task_keys = [s for s, g in self.runner.groups() if g == ACTIVITY_GROUP]
+            served = set(self.runner.served_services())
             for stream, gi in (await group_info(self.redis, task_keys, ACTIVITY_GROUP)).items():
-                if gi is not None:
+                if gi is not None:  # a priority lane (engine.workers.lanes) counts with its queue
                     queue = stream.split(":tasks:", 1)[1]
-                    streams[(ACTIVITY_GROUP, str(self.keys.stream_partition(stream)), queue)] = (gi.lag, gi.pending)
+                    queue = queue if queue in served else self.keys.lane_of(stream)[0]
+                    add_lag(streams, (ACTIVITY_GROUP, str(self.keys.stream_partition(stream)), queue), gi.lag, gi.pending)
             snap.breakers = await breaker_states(self.redis, self.keys, self.runner.served_services())
         snap.streams = streams
         roles: dict[str, int] = {}

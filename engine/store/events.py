@@ -22,7 +22,7 @@ from engine.core.model import INITIAL, Event, State, decode_event, encode
 from engine.errors import ConfigError, DefinitionConflict, InvariantBroken, PoisonMessage, StoreUnavailable
 from engine.store.connection import is_cluster
 from engine.store.errors import TRANSIENT
-from engine.store.keys import Keys
+from engine.store.keys import ACTIVITY_GROUP, Keys
 from engine.store.lua import ScriptRunner
 from engine.store.plan import Effects
 from engine.store.replies import text
@@ -387,7 +387,11 @@ def _effect_ops(r: AppendRequest, k: Keys, p: int, ref: Callable[[str], int]) ->
     ops: list[Any] = []
     fx = r.effects
     for key, task_id, step, attempt, data in fx.tasks:
-        ops += ("T", ref(key), task_id, step, attempt, data)
+        lane = fx.lanes.get(key)
+        if lane:  # a priority lane: registered with its group first (scripts/append.lua, op 'L')
+            ops += ("L", ref(key), task_id, step, attempt, data, lane, ref(k.lanes(p)), ACTIVITY_GROUP)
+        else:
+            ops += ("T", ref(key), task_id, step, attempt, data)
     for score, member in fx.timers_add:
         ops += ("Z", score, member)
     for member in fx.timers_rem:

@@ -68,7 +68,32 @@ async def task_streams(redis: aioredis.Redis, keys: Keys, partitions: Sequence[i
             continue
         if p in wanted:
             out[key] = (p, key.split(":tasks:", 1)[1])
+    lanes = await lane_streams(redis, keys, sorted(wanted))
+    return {**out, **{s: pq for s, pq in lanes.items() if s in out}}
+
+
+async def lane_streams(redis: aioredis.Redis, keys: Keys, partitions: Sequence[int],
+                       queues: Sequence[str] | None = None) -> dict[str, tuple[int, str]]:
+    """The priority lanes (key -> (partition, queue)) the partitions' lanes sets list, of ``queues`` when given."""
+    pipe = redis.pipeline(transaction=False)
+    for p in partitions:
+        pipe.smembers(keys.lanes(p))
+    out: dict[str, tuple[int, str]] = {}
+    for p, members in zip(partitions, await pipe.execute()):
+        for raw in members:
+            queue = keys.lane_of(text(raw))[0]
+            if queues is None or queue in queues:
+                out[text(raw)] = (p, queue)
     return out
+
+
+def add_lag(out: dict[tuple[str, str, str], tuple[int, int]], at: tuple[str, str, str], lag: int, pending: int) -> None:
+    """Count a stream's lag and pending into ``at``, where a queue's lanes join its base stream (-1: unknown)."""
+    before = out.get(at)
+    if before is not None:
+        lag = -1 if -1 in (lag, before[0]) else lag + before[0]
+        pending += before[1]
+    out[at] = (lag, pending)
 
 
 async def partition_lag(redis: aioredis.Redis, keys: Keys, partitions: Sequence[int] | None = None,
@@ -90,10 +115,11 @@ async def partition_lag(redis: aioredis.Redis, keys: Keys, partitions: Sequence[
         tasks = await task_streams(redis, keys, parts)
     else:
         tasks = {keys.tasks(p, q): (p, q) for q in queues for p in parts}
+        tasks.update(await lane_streams(redis, keys, parts, queues))
     for stream, info in (await group_info(redis, sorted(tasks), ACTIVITY_GROUP)).items():
         if info is not None:
             p, q = tasks[stream]
-            out[(ACTIVITY_GROUP, str(p), q)] = (info.lag, info.pending)
+            add_lag(out, (ACTIVITY_GROUP, str(p), q), info.lag, info.pending)
     return out
 
 

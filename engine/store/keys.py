@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from engine.core.ids import filter_digest, partition_of
+from engine.core.ids import LANE_SUFFIX_RE, filter_digest, partition_of
 from engine.errors import ConfigError
 
 ENGINE_GROUP = "engine"
@@ -127,8 +127,25 @@ class Keys:
             p = self.partition(instance_id)
         return f"{self._tags[p]}:i:{instance_id}"
 
-    def tasks(self, p: int, queue: str) -> str:
+    def tasks(self, p: int, queue: str, priority: int = 0) -> str:
+        """A queue's task stream; its priority lane ``...:p<n>`` for an instance of priority n > 0."""
+        if priority > 0:
+            return f"{self._tags[p]}:tasks:{queue}:p{priority}"
         return f"{self._tags[p]}:tasks:{queue}"
+
+    def lanes(self, p: int) -> str:
+        """Set: the partition's priority lanes (task streams ``...:p<n>``), written by append.lua."""
+        return f"{self._tags[p]}:lanes"
+
+    def lane_of(self, stream: str) -> tuple[str, int]:
+        """(queue, priority) of a lane stream as listed in a lanes set; (queue, 0) for anything else
+        of the shape ``{tag}:tasks:<queue>``. Only a lanes set says what is a lane: a queue name may end
+        in ``:p<n>`` in a definition stored before that was refused (engine.core.ids.LANE_SUFFIX_RE)."""
+        queue = stream.split(":tasks:", 1)[1]
+        match = LANE_SUFFIX_RE.search(queue)
+        if match is None:
+            return queue, 0
+        return queue[: match.start()], int(match[1])
 
     def snapshot(self, p: int, instance_id: str) -> str:
         return f"{self._tags[p]}:snap:{instance_id}"

@@ -44,11 +44,13 @@ from engine.store.keys import Keys
 
 
 class Effects:
-    __slots__ = ("finished", "outbox", "sadd", "srem", "tasks", "timers_add", "timers_rem")
+    __slots__ = ("finished", "lanes", "outbox", "sadd", "srem", "tasks", "timers_add", "timers_rem")
 
     def __init__(self) -> None:
         # (task stream key, task_id, step, attempt, data JSON)
         self.tasks: list[tuple[str, str, str, int, bytes]] = []
+        # task stream key -> its priority, for the tasks that go to a priority lane (n > 0)
+        self.lanes: dict[str, int] = {}
         self.timers_add: list[tuple[int, str]] = []
         self.timers_rem: list[str] = []
         self.sadd: list[tuple[str, str]] = []
@@ -75,6 +77,11 @@ def wait_member(instance_id: str, step: str, attempt: int) -> str:
     return orjson.dumps([instance_id, step, attempt]).decode()
 
 
+def lane_priority(priority: int) -> int:
+    """The lane of an instance's tasks: its priority, 0-9 (a raw start may carry anything)."""
+    return min(max(priority, 0), 9)
+
+
 def plan(before: State, events: list[Event], keys: Keys, p: int) -> Effects:
     planner = _Planner(before, keys, p)
     for event in events:
@@ -95,6 +102,7 @@ class _Planner:
         self.context: dict[str, Any] = before.context
         self.workflow, self.correlation_id, self.parent = before.workflow, before.correlation_id, before.parent
         self.traceparent = before.traceparent
+        self.priority = before.priority
         self.deadline = before.timeout_at
         steps = before.steps.items()
         self.waits = {n: st.wait for n, st in steps if st.wait is not None}
@@ -144,13 +152,18 @@ class _Planner:
         data = TaskData(service=e.queue, endpoint=e.endpoint, input=e.input, context=self.context,
                         workflow=self.workflow, correlation_id=self.correlation_id, kind=kind, iteration=iteration,
                         method=method, idempotency_key=key, http=http, traceparent=self.traceparent)
-        self.fx.tasks.append((self.keys.tasks(self.p, e.queue), e.task_id, e.step, e.attempt, encode(data)))
+        lane = lane_priority(self.priority)
+        stream = self.keys.tasks(self.p, e.queue, lane)
+        if lane:  # append.lua registers the lane (and its activity group) before the task's XADD
+            self.fx.lanes[stream] = lane
+        self.fx.tasks.append((stream, e.task_id, e.step, e.attempt, encode(data)))
 
 
 def _created(pl: _Planner, e: WorkflowCreated) -> None:
     pl.iid, pl.context = e.instance_id, e.context
     pl.workflow, pl.correlation_id, pl.parent = e.workflow, e.correlation_id, e.parent
     pl.traceparent = e.traceparent
+    pl.priority = e.priority
 
 
 def _started(pl: _Planner, e: WorkflowStarted | WorkflowRetried) -> None:
@@ -247,6 +260,8 @@ def _child(pl: _Planner, e: ChildStarted) -> None:
         data["correlation_id"] = pl.correlation_id  # a child shares its parent's correlation id
     if pl.traceparent:
         data["traceparent"] = pl.traceparent  # ... and its trace
+    if pl.priority:
+        data["priority"] = lane_priority(pl.priority)  # ... and its priority: its tasks take the same lane
     target = pl.keys.inbox(partition_of(e.child_id, pl.keys.partitions))
     pl.fx.outbox.append((target, command_fields("start", e.child_id, data, f"start:{e.child_id}")))
     pl.retries.pop(e.step, None)

@@ -49,6 +49,7 @@ from engine.workers.breaker import CircuitBreakers
 from engine.workers.code.serving import CodeServing
 from engine.workers.handler_errors import Handler, handler_error
 from engine.workers.http.serving import HttpServing
+from engine.workers.lanes import Lanes
 from engine.workers.limits import ServiceLimits
 
 log = logging.getLogger("foldflow.activities")
@@ -124,6 +125,7 @@ class ActivityWorker:
             raise ConfigError("no activity handlers registered: nothing to serve")
         streams = [self.keys.tasks(p, q) for q in self.services for p in range(self.keys.partitions)]
         self.reader = GroupReader(redis, ACTIVITY_GROUP, self.consumer, streams)
+        self.lanes = Lanes(redis, self.keys, self.reader)  # priority lanes, read first (engine.workers.lanes)
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -155,7 +157,7 @@ class ActivityWorker:
         wanted = sorted(set(self.handler_services) | set(services))
         added = [self.keys.tasks(p, q) for q in wanted if q not in self.services for p in range(self.keys.partitions)]
         self.services = wanted
-        self.reader.set_streams([self.keys.tasks(p, q) for q in wanted for p in range(self.keys.partitions)])
+        self.lanes.set_base([self.keys.tasks(p, q) for q in wanted for p in range(self.keys.partitions)], wanted)
         return added
 
     def scripts(self) -> dict[str, str]:
@@ -205,10 +207,11 @@ class ActivityWorker:
             while not self._stopping.is_set():
                 try:
                     free = max(1, self._free_slots())
-                    entries = await self.reader.read(min(free, self.settings.batch_size), self.settings.block_ms)
+                    await self.lanes.tick(self.services)
+                    entries = await self.lanes.read(min(free, self.settings.batch_size), self.settings.block_ms)
                     if loop.time() - last_reclaim > max(0.2, min(self.settings.task_claim_idle_ms, 20_000) / 2000):
                         last_reclaim = loop.time()
-                        entries += await self._reclaim()
+                        entries = self.lanes.order([*entries, *await self._reclaim()])
                     for entry in entries:
                         await self._slots.acquire()
                         task = asyncio.create_task(self._run_one(entry))

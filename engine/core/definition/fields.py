@@ -16,6 +16,7 @@ from typing import Any, Final, NamedTuple
 from engine.core.codec import MAX_TYPE_CHARS
 from engine.core.definition.model import Problem, _is_number, parse_duration_ms
 from engine.core.definition.vocabulary import MAX_NESTING
+from engine.core.ids import LANE_SUFFIX_RE
 from engine.core.language.conditions import condition_paths, condition_problems
 from engine.core.language.expressions import template_paths, template_problems
 
@@ -95,6 +96,13 @@ class Reader:
 
     def text(self, found: At) -> str | None:
         text: str | None = self.typed(found, str, "a string")
+        return text
+
+    def service(self, found: At) -> str | None:
+        """A step's service (its task queue): ``<name>:p1`` .. ``:p9`` name priority lanes (streams.md, "Tasks")."""
+        text = self.text(found)
+        if self.strict and found is not None and text is not None and LANE_SUFFIX_RE.search(text):
+            self.add(found[1], f"{text!r} ends like a priority lane (:p1 .. :p9, reserved): rename the service")
         return text
 
     def version_text(self, found: At) -> str | None:

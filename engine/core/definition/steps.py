@@ -114,7 +114,7 @@ def _step(r: Reader, find: _Find, name: str | None, kind: str | None, before: Ow
     on_error, retry = on_failure(r, find("on_failure"), name, after, retry_policy(r, find("retry_policy"), default_retry))
     return Step(
         name=name or "", type=kind or "", description=r.text(find("description")) or "",
-        sequence=r.integer(find("sequence")), service=r.text(find("service")),
+        sequence=r.integer(find("sequence")), service=r.service(find("service")),
         endpoint=r.text(find("endpoint")), method=r.text(find("method")),
         input=payload[0] if payload else None, output=output[0] if output else None,
         event_type=r.event_type(find("event_type")), event_filter=r.mapping(event_filter) or {},
@@ -173,7 +173,7 @@ def _rules(r: Reader, found: At, owner: Owner) -> tuple[ValidationRule, ...]:
 
 def _rule(r: Reader, raw: dict[str, Any], path: str, owner: Owner) -> ValidationRule | None:
     r.closed(raw, path, RULE_FIELDS)
-    fields = {k: r.text(at(raw, k, path)) for k in RULE_FIELDS}
+    fields = {k: (r.service if k == "service" else r.text)(at(raw, k, path)) for k in RULE_FIELDS}
     for key in ("field", "rule", "service"):
         if at(raw, key, path) is None:
             r.add(f"{path}.{key}", "required")

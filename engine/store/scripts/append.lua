@@ -26,6 +26,12 @@
 --   E, then E pairs (event type, data JSON)
 --   N, then N ARGV items of ops:
 --     'T' k task_id step attempt data   XADD KEYS[k] (task; reply_to = KEYS[2])
+--     'L' k task_id step attempt data priority l group
+--                                       a task for a priority lane KEYS[k]: SADD the lane to the
+--                                       partition's lanes set KEYS[l]; when it is new there, create
+--                                       the activity group on it first (a task XADDed to a stream
+--                                       without its group would never be delivered); then XADD as
+--                                       'T' does, with a 'priority' field
 --     'Z' score member                  ZADD KEYS[3]
 --     'z' member                        ZREM KEYS[3]
 --     'S' k member                      SADD KEYS[k]
@@ -139,6 +145,15 @@ local function decide(pos)
         'task_id', ARGV[p + 2], 'id', instance_id, 'step', ARGV[p + 3],
         'attempt', ARGV[p + 4], 'reply_to', inbox, 'data', ARGV[p + 5])
       p = p + 6
+    elseif op == 'L' then
+      local lane = KEYS[tonumber(ARGV[p + 1])]
+      if redis.call('SADD', KEYS[tonumber(ARGV[p + 7])], lane) == 1 then
+        redis.pcall('XGROUP', 'CREATE', lane, ARGV[p + 8], '0', 'MKSTREAM')  -- BUSYGROUP: it exists
+      end
+      redis.call('XADD', lane, '*',
+        'task_id', ARGV[p + 2], 'id', instance_id, 'step', ARGV[p + 3],
+        'attempt', ARGV[p + 4], 'reply_to', inbox, 'data', ARGV[p + 5], 'priority', ARGV[p + 6])
+      p = p + 9
     elseif op == 'Z' then
       redis.call('ZADD', timers, ARGV[p + 1], ARGV[p + 2])
       p = p + 3
