@@ -19,9 +19,8 @@ from engine.core.codec import MAX_CMD_ID_CHARS, MAX_CORRELATION_ID_CHARS, MAX_TY
 from engine.core.definition import Definition, version_sort_key
 from engine.core.evolve import fold_stored
 from engine.core.ids import INSTANCE_ID_RE, traceparent_problem
-from engine.core.language.schema import violations
 from engine.core.model import INITIAL, STATUS_NONE, TERMINAL, State, encode
-from engine.errors import InvalidContext, InvalidInput, UnknownInstance, UnknownWorkflow
+from engine.errors import InvalidInput, UnknownInstance, UnknownWorkflow
 from engine.runtime import tracing
 from engine.store.catalog import Catalog
 from engine.store.connection import Redis, connect
@@ -105,16 +104,8 @@ class Client:
         Refused when the workflow is deactivated (running instances are not affected)."""
         if traceparent is not None and (problem := traceparent_problem(traceparent)) is not None:
             raise InvalidInput(problem)
-        definition = await self.catalog.startable(workflow, version)
-        if definition.input_schema:
-            problems = violations(definition.input_schema, dict(context or {}))
-            if problems:
-                raise InvalidContext(f"input does not match the input schema of {workflow!r} {definition.version}:\n  "
-                                     + "\n  ".join(problems), problems)
+        data = await self.catalog.start_data(workflow, context or {}, version, correlation_id)
         iid = instance_id or uuid.uuid4().hex
-        data: dict[str, Any] = {"workflow": workflow, "version": definition.version, "context": dict(context or {})}
-        if correlation_id:
-            data["correlation_id"] = correlation_id
         if not 0 <= priority <= 9 or isinstance(priority, bool):  # admission control (engine/workers/admission.py)
             raise InvalidInput(f"priority must be an integer 0-9 (higher is more urgent), got {priority!r}")
         if priority:

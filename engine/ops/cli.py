@@ -77,14 +77,24 @@ async def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 9:
+        raise argparse.ArgumentTypeError(f"must be an integer 0-9 (higher is more urgent), got {text!r}")
+    return value
+
+
 async def cmd_start(args: argparse.Namespace) -> int:
     context = _load_json_arg(args.context, "--context")
     if not isinstance(context, dict):
         raise InvalidInput("--context must be a JSON object")
 
     async def go(client: Any) -> int:
-        iid = await client.start(args.workflow, context, version=args.version,
-                                 correlation_id=args.correlation_id, instance_id=args.id)
+        iid = await client.start(args.workflow, context, version=args.version, correlation_id=args.correlation_id,
+                                 instance_id=args.id, priority=args.priority, tenant=args.tenant)
         print(iid)
         return 0
 
@@ -262,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--version")
     x.add_argument("--correlation-id")
     x.add_argument("--id")
+    x.add_argument("--priority", type=_priority, default=0,
+                   help="0-9, higher is more urgent: orders queued starts of one concurrency key, and task lanes")
+    x.add_argument("--tenant", help="whose start this is (a concurrency key may be {{ tenant }})")
     x.set_defaults(fn=cmd_start)
 
     for name, fn in (("status", cmd_status), ("history", cmd_history)):

@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 from engine.core.definition import Definition, DefinitionError, canonical_json, document_of, parse_definition, version_sort_key
 from engine.core.formats.gate import code_problems
 from engine.core.ids import encode_shape, filter_shape
-from engine.errors import PoisonMessage, Refused, UnknownWorkflow
+from engine.core.language.schema import violations
+from engine.errors import InvalidContext, PoisonMessage, Refused, UnknownWorkflow
 from engine.store.events import Store
 from engine.store.queues import index_queues
 from engine.store.replies import text
@@ -112,6 +113,22 @@ class Catalog:
         if found is None:
             raise UnknownWorkflow(f"workflow {name!r} is not registered (version {version!r})")
         return found
+
+    async def start_data(self, workflow: str, context: Mapping[str, Any], version: str | None = None,
+                         correlation_id: str | None = None) -> dict[str, Any]:
+        """The data of a `start` command: the version pinned (latest unless given), the context checked
+        against the definition's input schema (InvalidContext naming every violation). Client.start and
+        the schedules build their starts here."""
+        definition = await self.startable(workflow, version)
+        if definition.input_schema:
+            problems = violations(definition.input_schema, dict(context))
+            if problems:
+                raise InvalidContext(f"input does not match the input schema of {workflow!r} {definition.version}:\n  "
+                                     + "\n  ".join(problems), problems)
+        data: dict[str, Any] = {"workflow": workflow, "version": definition.version, "context": dict(context)}
+        if correlation_id:
+            data["correlation_id"] = correlation_id
+        return data
 
     async def set_active(self, name: str, active: bool, now_ms: int | None = None) -> None:
         """Allow or refuse new starts; running executions are not touched."""

@@ -17,11 +17,9 @@ import orjson
 
 from engine.core.codec import command_fields
 from engine.core.evolve import fold_stored
-from engine.core.language.schema import violations
 from engine.core.model import INITIAL
 from engine.core.schedules import Run, Schedule
-from engine.errors import InvalidContext, InvalidInput, NotFound, Refused
-from engine.store.catalog import Catalog
+from engine.errors import InvalidInput, NotFound, Refused
 from engine.store.connection import Redis
 from engine.store.errors import translate_methods
 from engine.store.events import Store
@@ -188,19 +186,6 @@ class ScheduleStore:
         """XADD one command to the instance's partition inbox (the encoding of engine.client)."""
         fields = command_fields(type_, instance_id, data, cmd_id)
         await self.redis.xadd(self.keys.inbox(self.keys.partition(instance_id)), fields)  # type: ignore[arg-type]
-
-
-async def start_data(catalog: Catalog, s: Schedule) -> dict[str, Any]:
-    """The data of a start command of the schedule's workflow, as Client.start builds it: the version
-    pinned (latest unless the schedule names one), the context checked against the input schema."""
-    definition = await catalog.startable(s.workflow, s.version)
-    if definition.input_schema and (found := violations(definition.input_schema, dict(s.context))):
-        raise InvalidContext(f"context does not match the input schema of {s.workflow!r} {definition.version}: "
-                             + "; ".join(found), found)
-    data: dict[str, Any] = {"workflow": s.workflow, "version": definition.version, "context": dict(s.context)}
-    if s.correlation_id:
-        data["correlation_id"] = s.correlation_id
-    return data
 
 
 def encode_json(value: Any) -> bytes:

@@ -97,4 +97,5 @@ class Lanes:
         return self.order(await self.reader.read(count, self.block_ms(block_ms)))
 
     def order(self, entries: Iterable[Entry]) -> list[Entry]:
-        return by_priority(entries, self.known)
+        # no lanes known: every entry is lane 0, and reads keep their order (no sort on the hot path)
+        return by_priority(entries, self.known) if self.known else list(entries)

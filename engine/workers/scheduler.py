@@ -30,7 +30,7 @@ from engine.core.schedules import (
 )
 from engine.errors import EngineError, StoreUnavailable
 from engine.store.catalog import Catalog
-from engine.store.schedules import COUNTERS, Request, ScheduleState, ScheduleStore, start_data
+from engine.store.schedules import COUNTERS, Request, ScheduleState, ScheduleStore
 
 log = logging.getLogger("foldflow.scheduler")
 MIN_LEASE_MS = 2_000
@@ -176,7 +176,7 @@ class Scheduler:
     async def _start(self, s: Schedule, start: Start, out: Outcome) -> None:
         if out.data is None:
             try:
-                out.data = await start_data(self.catalog, s)
+                out.data = await self.catalog.start_data(s.workflow, s.context, s.version, s.correlation_id)
             except StoreUnavailable:
                 raise
             except EngineError as exc:  # not registered, deactivated, context breaks the input schema

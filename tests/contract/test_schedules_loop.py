@@ -23,7 +23,7 @@ from engine.store.catalog import Catalog
 from engine.store.events import Store
 from engine.store.keys import Keys
 from engine.store.schedule_ops import ScheduleOps
-from engine.store.schedules import ScheduleStore, start_data
+from engine.store.schedules import ScheduleStore
 from engine.workers.activities import ActivityWorker, Registry
 from engine.workers.engine import EngineWorker
 from engine.workers.scheduler import Scheduler
@@ -123,7 +123,7 @@ def test_a_worker_killed_after_claiming_and_sending_leaves_one_start() -> None:
         cursor = (await store.found(name)).cursor_ms
         fire = (cursor // 1000 + 1) * 1000
         iid = execution_id("ghost", fire)
-        await store.send("start", iid, await start_data(catalog, s), cmd_id=f"start:{iid}")  # ... and is killed
+        await store.send("start", iid, await catalog.start_data(s.workflow, s.context, s.version, s.correlation_id), cmd_id=f"start:{iid}")  # ... and is killed
         scheduler = Scheduler(store, catalog, settings, "live-worker")
         assert await scheduler.tick() == 0  # held by the ghost's lease
         await asyncio.sleep(0.2)
