@@ -67,3 +67,24 @@ def test_a_drain_names_what_is_still_running_and_where() -> None:
             task.cancel()
     said = run(scenario())
     assert "scheduler at " in said and "side_loop > " in said and "waits_for_redis > " in said, said
+
+
+def test_close_ends_the_http_sides_refresh_loop_whatever_its_calls_raise() -> None:
+    from engine.outbound.settings import HttpSettings
+    from engine.workers.http.serving import HttpServing
+
+    async def scenario() -> None:
+        settings = Settings(prefix="sideloops", partitions=2)
+        serving = HttpServing(fakeredis.FakeAsyncRedis(), settings, HttpSettings(refresh_ms=20), env={})
+
+        async def refresh(worker: Any, *, queues: bool) -> None:
+            try:
+                await asyncio.sleep(1.0)  # a slow call: the cancel lands inside it
+            except asyncio.CancelledError:
+                raise RedisConnectionError("Connection closed by server.") from None
+
+        serving.refresh = refresh  # type: ignore[method-assign]
+        serving._loop = asyncio.create_task(serving._run(None), name="http-serving")  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(serving.close(), timeout=5)  # the cancel is swallowed once; the flag ends it
+    run(scenario())

@@ -61,6 +61,7 @@ class HttpServing:
         self.after_s: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
         self.observe: Any = None  # (phase, seconds) -> None, set by the metrics when served
         self._loop: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._checked: dict[str, float] = {}  # service id -> monotonic time of its last check here
         self._refreshes = 0
         self.health_checks = 0
@@ -72,6 +73,10 @@ class HttpServing:
         self._loop = asyncio.create_task(self._run(worker), name="http-serving")
 
     async def close(self) -> None:
+        # The loop ends on the flag, not only on the cancel: a cancel that lands in a Redis or HTTP call
+        # can come back as that call's error, which the loop logs and goes on after (as the engine
+        # worker's side loops did: tests/unit/test_engine_side_loops.py).
+        self._closing.set()
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
@@ -105,7 +110,7 @@ class HttpServing:
     # -- keeping current --------------------------------------------------------
     async def _run(self, worker: ActivityWorker) -> None:
         backoff = self.http.refresh_ms / 1000
-        while True:
+        while not self._closing.is_set():
             await asyncio.sleep(backoff)
             try:
                 self._refreshes += 1
